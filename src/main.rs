@@ -1,1 +1,115 @@
-fn main(){}
+//! `klts-mirror serve [--config PATH] [--listen ADDR]`.
+//!
+//! Thin by design: parse arguments, load configuration, set up logging,
+//! bind, and hand over to the library. Configuration problems exit with
+//! code 2 and one line naming the key.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use klts_mirror::{Config, Mirror};
+
+#[derive(Parser)]
+#[command(
+    name = "klts-mirror",
+    version,
+    about = "Pull-through OCI registry mirror for Kubernetes LTS images"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the mirror.
+    Serve {
+        /// Configuration file.
+        #[arg(long, default_value = "./config.toml")]
+        config: PathBuf,
+        /// Listen address; overrides `listen` in the configuration.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match cli.command {
+        Command::Serve { config, listen } => serve(&config, listen),
+    }
+}
+
+fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> ExitCode {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("klts-mirror: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mirror = match Mirror::new(&cfg) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("klts-mirror: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("klts-mirror: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listen.unwrap_or(cfg.listen);
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("klts-mirror: cannot listen on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(listen = %local, storage = ?cfg.storage.backend, path = %cfg.storage.path.display(), "klts-mirror serving");
+        match mirror.serve(listener, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("klts-mirror: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}

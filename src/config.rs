@@ -1,0 +1,347 @@
+//! `config.toml`: serde types, defaults and validation.
+//!
+//! This is the only place defaults live. Unknown keys are errors (a typo in
+//! a bank's config must not silently fall back to a default), and every
+//! error names the key it is about, because start-up fails with exactly one
+//! line and exit code 2.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+fn default_listen() -> SocketAddr {
+    "0.0.0.0:5000".parse().expect("static address")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Filesystem,
+    Memory,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(default)]
+    pub backend: Backend,
+    #[serde(default = "default_path")]
+    pub path: PathBuf,
+    /// Where in-progress fills are spooled. Defaults to `<path>/_spool` for
+    /// the filesystem backend (same filesystem, so commit is a rename) and
+    /// the system temp dir otherwise.
+    #[serde(default)]
+    pub spool_path: Option<PathBuf>,
+    /// Bytes of manifests kept in memory so warm manifest requests do no I/O.
+    #[serde(default = "default_manifest_memory")]
+    pub manifest_memory_bytes: u64,
+}
+
+fn default_path() -> PathBuf {
+    PathBuf::from("./data")
+}
+
+fn default_manifest_memory() -> u64 {
+    16 * 1024 * 1024
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: Backend::default(),
+            path: default_path(),
+            spool_path: None,
+            manifest_memory_bytes: default_manifest_memory(),
+        }
+    }
+}
+
+/// A secret that never shows up in `Debug` output or logs.
+#[derive(Clone, Default)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub url: url::Url,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Name of the environment variable holding the password or token.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest silence tolerated while reading a response: a stalled
+    /// upstream becomes an error instead of a hung pull.
+    #[serde(default = "default_read_timeout", with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// The password, read from `password_env` by [`Config::validate`].
+    #[serde(skip)]
+    pub password: Option<Secret>,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    #[serde(default = "default_upstream")]
+    pub default_upstream: String,
+}
+
+fn default_upstream() -> String {
+    "registry.k8s.io".to_string()
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            default_upstream: default_upstream(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// How long a cached tag → digest mapping is served without asking upstream.
+    #[serde(default = "default_tag_ttl", with = "humantime_serde")]
+    pub tag_ttl: Duration,
+    /// Never contact any upstream (air-gapped sites).
+    #[serde(default)]
+    pub offline: bool,
+}
+
+fn default_tag_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            tag_ttl: default_tag_ttl(),
+            offline: false,
+        }
+    }
+}
+
+/// A configuration problem, phrased for the one line printed at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(String),
+    #[error("invalid config: {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// Parses and validates a TOML document.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            // toml's message spans several lines with a source excerpt; keep
+            // the first line, which names the key and the problem.
+            let msg = e.message().lines().next().unwrap_or("").to_string();
+            let at = e
+                .span()
+                .map(|s| line_of(text, s.start))
+                .map(|l| format!(" (line {l})"))
+                .unwrap_or_default();
+            ConfigError::Parse(format!("{msg}{at}"))
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&mut self) -> Result<(), ConfigError> {
+        if !self.upstreams.contains_key(&self.routing.default_upstream) {
+            return Err(invalid(
+                "routing.default_upstream",
+                format!(
+                    "{:?} is not one of the configured [upstreams]",
+                    self.routing.default_upstream
+                ),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (name, up) in &mut self.upstreams {
+            let key = format!("upstreams.\"{name}\"");
+            for n in std::iter::once(name.as_str()).chain(up.aliases.iter().map(String::as_str)) {
+                if !valid_host(n) {
+                    return Err(invalid(&key, format!("{n:?} is not a registry host name")));
+                }
+                if !seen.insert(n.to_string()) {
+                    return Err(invalid(&key, format!("{n:?} is configured more than once")));
+                }
+            }
+            if !matches!(up.url.scheme(), "http" | "https") || up.url.host().is_none() {
+                return Err(invalid(
+                    format!("{key}.url"),
+                    "must be an http(s) URL with a host",
+                ));
+            }
+            if let Some(var) = &up.password_env {
+                let value = std::env::var(var).map_err(|_| {
+                    invalid(
+                        format!("{key}.password_env"),
+                        format!("environment variable {var} is not set"),
+                    )
+                })?;
+                up.password = Some(Secret(value));
+                if up.username.is_none() {
+                    return Err(invalid(
+                        format!("{key}.username"),
+                        "required when password_env is set",
+                    ));
+                }
+            }
+        }
+        if self.cache.tag_ttl.is_zero() && self.cache.offline {
+            // Harmless, but almost certainly not what was meant.
+            tracing::warn!("cache.tag_ttl = 0 has no effect with cache.offline = true");
+        }
+        Ok(())
+    }
+}
+
+/// An upstream name is used as the first path component of host-prefixed
+/// requests, so it must look like a host: lowercase DNS labels with a dot.
+fn valid_host(n: &str) -> bool {
+    n.contains('.')
+        && n.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+[upstreams."registry.k8s.io"]
+url = "https://registry.k8s.io"
+aliases = ["k8s.gcr.io"]
+"#;
+
+    #[test]
+    fn the_shipped_default_config_is_valid() {
+        let cfg = Config::from_toml(include_str!("../config.toml")).unwrap();
+        assert_eq!(cfg.listen.port(), 5000);
+        assert_eq!(cfg.storage.backend, Backend::Filesystem);
+        assert_eq!(cfg.routing.default_upstream, "registry.k8s.io");
+        assert_eq!(cfg.cache.tag_ttl, Duration::from_secs(300));
+        assert!(cfg.upstreams.contains_key("docker.io"));
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let cfg = Config::from_toml(MIN).unwrap();
+        assert_eq!(cfg.storage.path, PathBuf::from("./data"));
+        assert!(!cfg.cache.offline);
+        assert_eq!(
+            cfg.upstreams["registry.k8s.io"].read_timeout,
+            Duration::from_secs(30)
+        );
+    }
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = err(&format!("bogus = 1\n{MIN}"));
+        assert!(e.contains("bogus"), "{e}");
+        let e = err(&format!("{MIN}\n[cache]\ntag_ttl = \"five minutes\"\n"));
+        assert!(e.contains("tag_ttl") || e.contains("line"), "{e}");
+        let e = err(&format!(
+            "{MIN}\n[routing]\ndefault_upstream = \"docker.io\"\n"
+        ));
+        assert!(e.contains("routing.default_upstream"), "{e}");
+        let e = err(&format!("{MIN}\n[storage]\nbackend = \"s4\"\n"));
+        assert!(e.contains("s4") || e.contains("backend"), "{e}");
+        let e = err(&format!(
+            "{MIN}\n[upstreams.\"docker.io\"]\nurl = \"ftp://x.y\"\n"
+        ));
+        assert!(e.contains("upstreams.\"docker.io\".url"), "{e}");
+        let e = err(&format!(
+            "{MIN}\n[upstreams.\"k8s.gcr.io\"]\nurl = \"https://x.y\"\n"
+        ));
+        assert!(e.contains("more than once"), "{e}");
+        let e = err(&format!("{MIN}\n[upstreams.\"ghcr.io\"]\nurl = \"https://ghcr.io\"\nusername = \"u\"\npassword_env = \"KLTS_TEST_UNSET_VAR\"\n"));
+        assert!(
+            e.contains("password_env") && e.contains("KLTS_TEST_UNSET_VAR"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        assert_eq!(format!("{:?}", Secret("hunter2".into())), "Secret(***)");
+    }
+}

@@ -1,0 +1,270 @@
+//! The HTTP edge: the only module that speaks HTTP to clients.
+//!
+//! Registry paths carry nested repository names, so instead of router
+//! patterns there is one handler that parses the path with
+//! [`crate::oci::route::parse`] and dispatches on the typed route. Handlers
+//! only translate: request → proxy call → response headers and body.
+
+pub mod error;
+pub mod range;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+
+use self::error::{ApiError, Subject};
+use crate::oci::route::{self, V2Route};
+use crate::oci::{Digest, ErrorCode, Reference, RepoKey, RepoName};
+use crate::proxy::{CacheStatus, Proxy};
+use crate::storage::StoredManifest;
+
+const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+pub fn router(proxy: Arc<Proxy>) -> Router {
+    Router::new().fallback(handle).with_state(proxy)
+}
+
+async fn handle(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
+    let mut resp = match dispatch(&proxy, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    resp.headers_mut()
+        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    resp
+}
+
+/// The query parameters the registry API uses.
+#[derive(Default)]
+struct Params {
+    ns: Option<String>,
+    n: Option<String>,
+    last: Option<String>,
+}
+
+impl Params {
+    fn parse(query: Option<&str>) -> Params {
+        let mut p = Params::default();
+        for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*k {
+                "ns" => p.ns = Some(v.into_owned()),
+                "n" => p.n = Some(v.into_owned()),
+                "last" => p.last = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        p
+    }
+}
+
+async fn dispatch(proxy: &Proxy, req: Request) -> Result<Response, ApiError> {
+    let route = route::parse(req.uri().path())?;
+    let params = Params::parse(req.uri().query());
+    let method = req.method();
+    if method != Method::GET && method != Method::HEAD {
+        let what = if matches!(route, V2Route::Upload { .. }) {
+            "pushing"
+        } else {
+            "this method"
+        };
+        return Err(ApiError::unsupported(what));
+    }
+    let head = method == Method::HEAD;
+    let route_key = |name: &RepoName, subject| {
+        proxy
+            .route(name, params.ns.as_deref())
+            .map_err(|e| ApiError::from_proxy(e, subject))
+    };
+    match route {
+        V2Route::Base => Ok(([(header::CONTENT_TYPE, "application/json")], "{}").into_response()),
+        V2Route::Catalog => Err(ApiError::unsupported("the catalog")),
+        V2Route::Upload { .. } => Err(ApiError::unsupported("pushing")),
+        V2Route::Referrers { .. } => {
+            Err(ApiError::unsupported("the referrers API").status(StatusCode::NOT_FOUND))
+        }
+        V2Route::Manifest { name, reference } => {
+            let key = route_key(&name, Subject::Manifest)?;
+            manifest(proxy, &key, &reference, head).await
+        }
+        V2Route::Blob { name, digest } => {
+            let key = route_key(&name, Subject::Blob)?;
+            blob(proxy, &key, &digest, head, req.headers()).await
+        }
+        V2Route::TagsList { name } => {
+            let key = route_key(&name, Subject::Repository)?;
+            tags_list(proxy, &key, &name, &params).await
+        }
+    }
+}
+
+fn hv(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s)
+        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
+}
+
+fn content_headers(h: &mut HeaderMap, digest: &Digest, cache: CacheStatus) {
+    let d = digest.to_string();
+    h.insert(header::ETAG, hv(&format!("\"{d}\"")));
+    h.insert(DOCKER_CONTENT_DIGEST, hv(&d));
+    h.insert(X_CACHE, HeaderValue::from_static(cache.as_str()));
+}
+
+async fn manifest(
+    proxy: &Proxy,
+    key: &RepoKey,
+    reference: &Reference,
+    head: bool,
+) -> Result<Response, ApiError> {
+    let (m, cache) = proxy
+        .manifest(key, reference)
+        .await
+        .map_err(|e| ApiError::from_proxy(e, Subject::Manifest))?;
+    Ok(manifest_response(&m, cache, head))
+}
+
+fn manifest_response(m: &StoredManifest, cache: CacheStatus, head: bool) -> Response {
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from(m.body.clone())
+    };
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, hv(&m.media_type));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(m.body.len()));
+    content_headers(h, &m.digest, cache);
+    resp
+}
+
+async fn blob(
+    proxy: &Proxy,
+    key: &RepoKey,
+    digest: &Digest,
+    head: bool,
+    req: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let fail = |e| ApiError::from_proxy(e, Subject::Blob);
+    let mut reply = proxy.blob(key, digest, head).await.map_err(fail)?;
+    let range = if head {
+        None
+    } else {
+        req.get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(range::parse)
+    };
+    let mut status = StatusCode::OK;
+    let (mut start, mut end, mut length) = (0, None, reply.size);
+    let mut content_range = None;
+    if let Some(spec) = range {
+        let size = reply.known_size().await.map_err(fail)?.unwrap_or(0);
+        let Some((s, e)) = range::resolve(spec, size) else {
+            return Err(
+                ApiError::new(ErrorCode::SizeInvalid, "requested range not satisfiable")
+                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                    .header(header::CONTENT_RANGE, format!("bytes */{size}")),
+            );
+        };
+        status = StatusCode::PARTIAL_CONTENT;
+        (start, end, length) = (s, Some(e), Some(e - s));
+        content_range = Some(format!("bytes {s}-{}/{size}", e - 1));
+    }
+    let cache = reply.cache;
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from_stream(reply.stream(start, end))
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some(len) = length {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    if let Some(cr) = content_range {
+        h.insert(header::CONTENT_RANGE, hv(&cr));
+    }
+    content_headers(h, digest, cache);
+    Ok(resp)
+}
+
+async fn tags_list(
+    proxy: &Proxy,
+    key: &RepoKey,
+    name: &RepoName,
+    params: &Params,
+) -> Result<Response, ApiError> {
+    let n = match params.n.as_deref() {
+        None => None,
+        Some(v) => Some(v.parse::<usize>().map_err(|_| {
+            ApiError::new(ErrorCode::Unsupported, "n must be a non-negative integer")
+                .status(StatusCode::BAD_REQUEST)
+                .detail(v.to_string())
+        })?),
+    };
+    let tags = proxy
+        .tags(key)
+        .await
+        .map_err(|e| ApiError::from_proxy(e, Subject::Repository))?;
+    let (page, next) = paginate(&tags, n, params.last.as_deref());
+    let body = serde_json::json!({ "name": name.as_str(), "tags": page }).to_string();
+    let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if let (Some(n), Some(last)) = (n, next) {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        q.append_pair("n", &n.to_string()).append_pair("last", last);
+        if let Some(ns) = &params.ns {
+            q.append_pair("ns", ns);
+        }
+        let link = format!("</v2/{name}/tags/list?{}>; rel=\"next\"", q.finish());
+        resp.headers_mut().insert(header::LINK, hv(&link));
+    }
+    Ok(resp)
+}
+
+/// One page of a sorted tag list: tags after `last` (exclusive), at most
+/// `n`; and the tag to continue after when more remain.
+fn paginate<'a>(
+    tags: &'a [String],
+    n: Option<usize>,
+    last: Option<&str>,
+) -> (&'a [String], Option<&'a str>) {
+    let start = last.map_or(0, |l| tags.partition_point(|t| t.as_str() <= l));
+    let rest = &tags[start..];
+    match n {
+        Some(n) if n < rest.len() => {
+            let page = &rest[..n];
+            (page, page.last().map(String::as_str))
+        }
+        _ => (rest, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn pagination() {
+        let t = tags(&["a", "b", "c", "d"]);
+        assert_eq!(paginate(&t, None, None), (&t[..], None));
+        assert_eq!(paginate(&t, Some(2), None), (&t[..2], Some("b")));
+        assert_eq!(paginate(&t, Some(2), Some("b")), (&t[2..], None));
+        assert_eq!(paginate(&t, Some(0), None), (&t[..0], None));
+        assert_eq!(paginate(&t, None, Some("bb")), (&t[2..], None));
+        assert_eq!(paginate(&t, Some(10), Some("d")), (&t[4..], None));
+    }
+}

@@ -1,0 +1,68 @@
+//! klts-mirror: a pull-through OCI registry mirror for Kubernetes LTS images.
+//!
+//! # Layout
+//! - [`oci`]: protocol vocabulary (digests, names, routes, error codes); no I/O.
+//! - [`config`]: `config.toml` types, defaults and validation.
+//! - [`storage`]: the content store on `object_store`; [`storage::paths`] is
+//!   the one key mapper.
+//! - [`upstream`]: the registry client (tokens, redirects, timeouts).
+//! - [`proxy`]: pull-through policy, single-flight and streaming fills; the
+//!   only module that sees both the store and the upstreams.
+//! - [`http`]: the axum edge; the only module that speaks HTTP to clients.
+
+pub mod config;
+pub mod http;
+pub mod oci;
+pub mod proxy;
+pub mod storage;
+pub mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use config::Config;
+
+/// Why the mirror could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Storage(#[from] storage::Error),
+    #[error("upstream client: {0}")]
+    Upstream(String),
+}
+
+/// A configured mirror: the store, the proxy and the HTTP app over them.
+#[derive(Clone)]
+pub struct Mirror {
+    proxy: Arc<proxy::Proxy>,
+}
+
+impl Mirror {
+    pub fn new(cfg: &Config) -> Result<Mirror, StartError> {
+        let store = Arc::new(storage::Store::open(&cfg.storage)?);
+        let proxy =
+            proxy::Proxy::new(cfg, store).map_err(|e| StartError::Upstream(e.to_string()))?;
+        Ok(Mirror {
+            proxy: Arc::new(proxy),
+        })
+    }
+
+    pub fn proxy(&self) -> &Arc<proxy::Proxy> {
+        &self.proxy
+    }
+
+    pub fn router(&self) -> axum::Router {
+        http::router(self.proxy.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}

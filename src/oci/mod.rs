@@ -1,0 +1,11 @@
+//! Protocol vocabulary of the OCI distribution spec. No I/O here.
+
+pub mod digest;
+pub mod error;
+pub mod media;
+pub mod name;
+pub mod route;
+
+pub use digest::{Digest, Verifier};
+pub use error::ErrorCode;
+pub use name::{Reference, RepoKey, RepoName, Tag};

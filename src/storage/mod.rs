@@ -1,0 +1,590 @@
+//! The content store: blobs, manifests and tag links on `object_store`.
+//!
+//! `Store` is the storage seam. Everything goes through `object_store`
+//! (local filesystem by default, in-memory for tests, S3 later), except two
+//! fast paths taken only when the backend is the local filesystem: cached
+//! blobs are read with large positional reads straight from their files, and
+//! a finished fill is committed with one `rename` of its spool file. Both use
+//! the very keys of [`paths`], so the fast path and `object_store` always
+//! see the same objects.
+
+pub mod paths;
+
+use std::io;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use object_store::{
+    local::LocalFileSystem, memory::InMemory, path::Path, GetOptions, GetRange, ObjectStore,
+    WriteMultipart,
+};
+use serde::{Deserialize, Serialize};
+
+pub use paths::Class;
+
+use crate::config::{Backend, StorageConfig};
+use crate::oci::{Digest, RepoKey, Tag};
+
+/// Size of each read when streaming a blob from disk. Large enough that the
+/// per-read overhead (a blocking-pool hop) vanishes next to the copy, small
+/// enough that 16 concurrent streams stay within a few MiB each.
+pub const READ_CHUNK: usize = 512 * 1024;
+
+/// A stream of blob bytes as sent to clients.
+pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("storage I/O: {0}")]
+    Io(#[from] io::Error),
+    #[error("object store: {0}")]
+    Object(#[from] object_store::Error),
+    #[error("storage.path {path}: {source}")]
+    Unusable { path: PathBuf, source: io::Error },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A manifest exactly as upstream (or the publisher) sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub body: Bytes,
+}
+
+/// Where a tag points, and when upstream last confirmed it (unix seconds;
+/// 0 for published and pinned tags, which are never revalidated).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagLink {
+    #[serde(with = "digest_str")]
+    pub digest: Digest,
+    #[serde(default)]
+    pub checked: u64,
+}
+
+mod digest_str {
+    use super::Digest;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Digest, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(d)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
+}
+
+/// Seconds since the epoch, the clock of [`TagLink::checked`].
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A stored blob opened for reading; knows its size before any byte is sent.
+pub enum BlobHandle {
+    File {
+        file: Arc<std::fs::File>,
+        size: u64,
+    },
+    Object {
+        objects: Arc<dyn ObjectStore>,
+        path: Path,
+        size: u64,
+    },
+}
+
+impl BlobHandle {
+    pub fn size(&self) -> u64 {
+        match self {
+            BlobHandle::File { size, .. } | BlobHandle::Object { size, .. } => *size,
+        }
+    }
+
+    /// Streams bytes `start..end` (end exclusive, within `size`).
+    pub fn stream(self, start: u64, end: u64) -> ByteStream {
+        match self {
+            BlobHandle::File { file, .. } => file_range(file, start, end),
+            BlobHandle::Object { objects, path, .. } => {
+                if start >= end {
+                    return futures::stream::empty().boxed();
+                }
+                futures::stream::once(async move {
+                    let opts = GetOptions {
+                        range: Some(GetRange::Bounded(start..end)),
+                        ..Default::default()
+                    };
+                    let r = objects
+                        .get_opts(&path, opts)
+                        .await
+                        .map_err(io::Error::other)?;
+                    Ok::<_, io::Error>(r.into_stream().map_err(io::Error::other))
+                })
+                .try_flatten()
+                .boxed()
+            }
+        }
+    }
+}
+
+/// Streams `start..end` of a file with positional reads on the blocking
+/// pool, so any number of readers can share one file handle (a spool file
+/// still being written included: see `proxy::fill`).
+pub fn file_range(file: Arc<std::fs::File>, start: u64, end: u64) -> ByteStream {
+    futures::stream::try_unfold(start, move |pos| {
+        let file = file.clone();
+        async move {
+            if pos >= end {
+                return Ok(None);
+            }
+            let want = (end - pos).min(READ_CHUNK as u64) as usize;
+            let chunk = tokio::task::spawn_blocking(move || read_exact_at(&file, pos, want))
+                .await
+                .map_err(io::Error::other)??;
+            Ok(Some((chunk, pos + want as u64)))
+        }
+    })
+    .boxed()
+}
+
+/// Reads exactly `len` bytes at `offset`; a short file is an error, never a
+/// silently short body.
+pub fn read_exact_at(file: &std::fs::File, offset: u64, len: usize) -> io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = BytesMut::zeroed(len);
+    file.read_exact_at(&mut buf, offset)?;
+    Ok(buf.freeze())
+}
+
+/// The store. Cheap to share behind an `Arc`.
+pub struct Store {
+    objects: Arc<dyn ObjectStore>,
+    /// Set when `objects` is a `LocalFileSystem` rooted here: enables the
+    /// read and commit fast paths.
+    local_root: Option<PathBuf>,
+    /// Where fills are spooled while they stream to clients.
+    spool_dir: PathBuf,
+}
+
+static SPOOL_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Store {
+    /// Opens the configured backend and proves it writable, so a bad
+    /// `storage.path` stops start-up instead of failing the first pull.
+    pub fn open(cfg: &StorageConfig) -> Result<Store> {
+        let unusable = |path: &FsPath, source| Error::Unusable {
+            path: path.to_path_buf(),
+            source,
+        };
+        match cfg.backend {
+            Backend::Filesystem => {
+                std::fs::create_dir_all(&cfg.path).map_err(|e| unusable(&cfg.path, e))?;
+                let root = std::fs::canonicalize(&cfg.path).map_err(|e| unusable(&cfg.path, e))?;
+                let spool_dir = cfg
+                    .spool_path
+                    .clone()
+                    .unwrap_or_else(|| root.join(paths::SPOOL_DIR));
+                probe_writable(&spool_dir).map_err(|e| unusable(&spool_dir, e))?;
+                let objects = LocalFileSystem::new_with_prefix(&root).map_err(io::Error::other)?;
+                Ok(Store {
+                    objects: Arc::new(objects),
+                    local_root: Some(root),
+                    spool_dir,
+                })
+            }
+            Backend::Memory => {
+                let spool_dir = cfg.spool_path.clone().unwrap_or_else(|| {
+                    std::env::temp_dir().join(format!("klts-mirror-spool-{}", std::process::id()))
+                });
+                probe_writable(&spool_dir).map_err(|e| unusable(&spool_dir, e))?;
+                Ok(Store {
+                    objects: Arc::new(InMemory::new()),
+                    local_root: None,
+                    spool_dir,
+                })
+            }
+        }
+    }
+
+    fn local_file(&self, key: &Path) -> Option<PathBuf> {
+        self.local_root.as_ref().map(|r| r.join(key.as_ref()))
+    }
+
+    // ---- blobs -------------------------------------------------------
+
+    /// Opens a stored blob, or `None` when it is not in the store.
+    pub async fn open_blob(&self, d: &Digest) -> Result<Option<BlobHandle>> {
+        let key = paths::blob(d);
+        if let Some(fs_path) = self.local_file(&key) {
+            let opened = tokio::task::spawn_blocking(move || {
+                let file = std::fs::File::open(fs_path)?;
+                let size = file.metadata()?.len();
+                Ok::<_, io::Error>((file, size))
+            })
+            .await
+            .map_err(io::Error::other)?;
+            return match opened {
+                Ok((file, size)) => Ok(Some(BlobHandle::File {
+                    file: Arc::new(file),
+                    size,
+                })),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e.into()),
+            };
+        }
+        match self.objects.head(&key).await {
+            Ok(meta) => Ok(Some(BlobHandle::Object {
+                objects: self.objects.clone(),
+                path: key,
+                size: meta.size,
+            })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates an empty spool file for a new fill.
+    pub fn create_spool(&self) -> io::Result<(PathBuf, std::fs::File)> {
+        let name = format!(
+            "{}-{}-{}",
+            std::process::id(),
+            SPOOL_SEQ.fetch_add(1, Ordering::Relaxed),
+            now_nanos()
+        );
+        let path = self.spool_dir.join(name);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok((path, file))
+    }
+
+    /// Makes a verified spool file the blob `d`. The caller has checked the
+    /// digest; this only moves bytes. Blocking: call from the blocking pool.
+    pub fn commit_spool_blocking(
+        &self,
+        d: &Digest,
+        spool: &FsPath,
+        file: &std::fs::File,
+    ) -> Result<()> {
+        let key = paths::blob(d);
+        if let Some(dest) = self.local_file(&key) {
+            // Durable before visible: a crash must never leave a committed
+            // name over bytes that did not reach the disk.
+            file.sync_data()?;
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::rename(spool, &dest)?;
+            return Ok(());
+        }
+        let handle = tokio::runtime::Handle::current();
+        let result = handle.block_on(self.upload_file(&key, file));
+        let _ = std::fs::remove_file(spool);
+        result
+    }
+
+    async fn upload_file(&self, key: &Path, file: &std::fs::File) -> Result<()> {
+        let size = file.metadata()?.len();
+        let upload = self.objects.put_multipart(key).await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, 8 * 1024 * 1024);
+        let mut pos = 0;
+        while pos < size {
+            let n = (size - pos).min(READ_CHUNK as u64) as usize;
+            writer.wait_for_capacity(4).await?;
+            writer.write(&read_exact_at(file, pos, n)?);
+            pos += n as u64;
+        }
+        writer.finish().await?;
+        Ok(())
+    }
+
+    /// Stores a small blob from memory (manifest-sized content, tests,
+    /// imports). The caller has verified `d`.
+    pub async fn put_blob(&self, d: &Digest, bytes: Bytes) -> Result<()> {
+        self.objects.put(&paths::blob(d), bytes.into()).await?;
+        Ok(())
+    }
+
+    // ---- manifests ---------------------------------------------------
+
+    /// Reads a manifest record; a record whose bytes no longer match its
+    /// digest is reported as absent (and logged), never served.
+    pub async fn get_manifest(&self, d: &Digest) -> Result<Option<StoredManifest>> {
+        let Some(raw) = self.get_bytes(&paths::manifest(d)).await? else {
+            return Ok(None);
+        };
+        let Some(nl) = raw.iter().position(|&b| b == b'\n') else {
+            tracing::error!(digest = %d, "manifest record has no media type line; ignoring it");
+            return Ok(None);
+        };
+        let media_type = String::from_utf8_lossy(&raw[..nl]).into_owned();
+        let body = raw.slice(nl + 1..);
+        if Digest::of(&body) != *d {
+            tracing::error!(digest = %d, "stored manifest does not match its digest; ignoring it");
+            return Ok(None);
+        }
+        Ok(Some(StoredManifest {
+            digest: d.clone(),
+            media_type,
+            body,
+        }))
+    }
+
+    pub async fn put_manifest(&self, m: &StoredManifest) -> Result<()> {
+        let mut rec = BytesMut::with_capacity(m.media_type.len() + 1 + m.body.len());
+        rec.extend_from_slice(m.media_type.as_bytes());
+        rec.extend_from_slice(b"\n");
+        rec.extend_from_slice(&m.body);
+        self.objects
+            .put(&paths::manifest(&m.digest), rec.freeze().into())
+            .await?;
+        Ok(())
+    }
+
+    // ---- tags --------------------------------------------------------
+
+    pub async fn get_tag(&self, class: Class, key: &RepoKey, tag: &Tag) -> Result<Option<TagLink>> {
+        let Some(raw) = self.get_bytes(&paths::tag(class, key, tag)).await? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice(&raw) {
+            Ok(link) => Ok(Some(link)),
+            Err(e) => {
+                tracing::error!(repo = %key, %tag, error = %e, "unreadable tag link; ignoring it");
+                Ok(None)
+            }
+        }
+    }
+
+    pub async fn put_tag(
+        &self,
+        class: Class,
+        key: &RepoKey,
+        tag: &Tag,
+        link: &TagLink,
+    ) -> Result<()> {
+        let body = serde_json::to_vec(link).map_err(io::Error::other)?;
+        self.objects
+            .put(&paths::tag(class, key, tag), body.into())
+            .await?;
+        Ok(())
+    }
+
+    /// Tags of one class in a repository.
+    pub async fn list_tags(&self, class: Class, key: &RepoKey) -> Result<Vec<Tag>> {
+        let prefix = paths::tags_dir(class, key);
+        let listed: Vec<_> = match self.objects.list(Some(&prefix)).try_collect().await {
+            Ok(v) => v,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(listed
+            .into_iter()
+            .filter_map(|m| m.location.filename().and_then(|f| f.parse().ok()))
+            .collect())
+    }
+
+    pub async fn get_taglist(&self, key: &RepoKey) -> Result<Option<Vec<String>>> {
+        let Some(raw) = self.get_bytes(&paths::taglist(key)).await? else {
+            return Ok(None);
+        };
+        Ok(serde_json::from_slice(&raw).ok())
+    }
+
+    pub async fn put_taglist(&self, key: &RepoKey, tags: &[String]) -> Result<()> {
+        let body = serde_json::to_vec(tags).map_err(io::Error::other)?;
+        self.objects.put(&paths::taglist(key), body.into()).await?;
+        Ok(())
+    }
+
+    async fn get_bytes(&self, key: &Path) -> Result<Option<Bytes>> {
+        match self.objects.get(key).await {
+            Ok(r) => Ok(Some(r.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+fn probe_writable(dir: &FsPath) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    std::fs::write(&probe, b"ok")?;
+    std::fs::remove_file(&probe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = Store::open(&StorageConfig {
+            path: dir.path().join("data"),
+            ..Default::default()
+        })
+        .unwrap();
+        let spool = tempfile::tempdir().unwrap();
+        let mem = Store::open(&StorageConfig {
+            backend: Backend::Memory,
+            spool_path: Some(spool.path().to_path_buf()),
+            ..Default::default()
+        })
+        .unwrap();
+        vec![(fs, Some(dir)), (mem, Some(spool))]
+    }
+
+    async fn collect(s: ByteStream) -> Vec<u8> {
+        s.try_fold(Vec::new(), |mut v, b| async move {
+            v.extend_from_slice(&b);
+            Ok(v)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// The contract every backend meets: what the proxy relies on.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn blob_contract() {
+        for (store, _guard) in stores() {
+            let data: Vec<u8> = (0..(READ_CHUNK * 2 + 17))
+                .map(|i| (i % 251) as u8)
+                .collect();
+            let d = Digest::of(&data);
+            assert!(store.open_blob(&d).await.unwrap().is_none());
+
+            let (spool, mut file) = store.create_spool().unwrap();
+            std::io::Write::write_all(&mut file, &data).unwrap();
+            let s2 = Arc::new(store);
+            let (s3, d2, sp) = (s2.clone(), d.clone(), spool.clone());
+            tokio::task::spawn_blocking(move || s3.commit_spool_blocking(&d2, &sp, &file))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(!spool.exists(), "spool file must be gone after commit");
+
+            let h = s2
+                .open_blob(&d)
+                .await
+                .unwrap()
+                .expect("committed blob is visible");
+            assert_eq!(h.size(), data.len() as u64);
+            assert_eq!(collect(h.stream(0, data.len() as u64)).await, data);
+            let h = s2.open_blob(&d).await.unwrap().unwrap();
+            assert_eq!(collect(h.stream(5, 600_000)).await, data[5..600_000]);
+            let h = s2.open_blob(&d).await.unwrap().unwrap();
+            assert!(collect(h.stream(7, 7)).await.is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn manifest_and_tag_contract() {
+        for (store, _guard) in stores() {
+            let body = Bytes::from_static(br#"{"schemaVersion":2,"layers":[]}"#);
+            let m = StoredManifest {
+                digest: Digest::of(&body),
+                media_type: crate::oci::media::OCI_MANIFEST.into(),
+                body,
+            };
+            assert!(store.get_manifest(&m.digest).await.unwrap().is_none());
+            store.put_manifest(&m).await.unwrap();
+            assert_eq!(
+                store.get_manifest(&m.digest).await.unwrap(),
+                Some(m.clone())
+            );
+
+            let key = RepoKey::new("registry.k8s.io".into(), "kube-apiserver".parse().unwrap());
+            let tag: Tag = "v1.18.20-lts.2".parse().unwrap();
+            assert!(store
+                .get_tag(Class::Published, &key, &tag)
+                .await
+                .unwrap()
+                .is_none());
+            assert!(store
+                .list_tags(Class::Published, &key)
+                .await
+                .unwrap()
+                .is_empty());
+            let link = TagLink {
+                digest: m.digest.clone(),
+                checked: 0,
+            };
+            store
+                .put_tag(Class::Published, &key, &tag, &link)
+                .await
+                .unwrap();
+            assert_eq!(
+                store.get_tag(Class::Published, &key, &tag).await.unwrap(),
+                Some(link)
+            );
+            assert!(store
+                .get_tag(Class::Cached, &key, &tag)
+                .await
+                .unwrap()
+                .is_none());
+            assert_eq!(
+                store.list_tags(Class::Published, &key).await.unwrap(),
+                vec![tag]
+            );
+
+            store
+                .put_taglist(&key, &["a".into(), "b".into()])
+                .await
+                .unwrap();
+            assert_eq!(
+                store.get_taglist(&key).await.unwrap(),
+                Some(vec!["a".to_string(), "b".to_string()])
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn corrupted_manifest_record_is_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StorageConfig {
+            path: dir.path().to_path_buf(),
+            ..Default::default()
+        })
+        .unwrap();
+        let body = Bytes::from_static(b"{}");
+        let m = StoredManifest {
+            digest: Digest::of(&body),
+            media_type: "x".into(),
+            body,
+        };
+        store.put_manifest(&m).await.unwrap();
+        let file = dir.path().join(paths::manifest(&m.digest).as_ref());
+        std::fs::write(&file, b"x\n{\"evil\":1}").unwrap();
+        assert!(store.get_manifest(&m.digest).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn unwritable_path_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"").unwrap();
+        let err = Store::open(&StorageConfig {
+            path: file.join("sub"),
+            ..Default::default()
+        })
+        .err()
+        .unwrap();
+        assert!(err.to_string().starts_with("storage.path"), "{err}");
+    }
+}
