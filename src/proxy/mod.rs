@@ -344,7 +344,9 @@ impl Proxy {
         let tags = self.tags.clone();
         async move {
             let out = ctx.resolve(cached).await;
-            if let Ok((m, _)) = &out {
+            // A stale answer leaves the link as it was, so the next request
+            // tries upstream again instead of trusting an unconfirmed tag.
+            if let Ok((m, CacheStatus::Hit | CacheStatus::Miss)) = &out {
                 tags.insert(
                     (Class::Cached, ctx.key.clone(), ctx.tag.clone()),
                     TagEntry {
