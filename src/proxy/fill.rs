@@ -56,6 +56,34 @@ pub struct FillState {
     pub verified: bool,
     /// The fill failed; readers fail with this.
     pub error: Option<Error>,
+    /// The batch written last, still in memory: readers that are caught up
+    /// take their bytes from here without touching the file.
+    pub recent: Option<Arc<Batch>>,
+}
+
+/// Chunks written to the spool file at offset `start`, kept for caught-up
+/// readers (zero-copy: they get slices of the very buffers upstream filled).
+#[derive(Debug)]
+pub struct Batch {
+    pub start: u64,
+    pub chunks: Vec<Bytes>,
+}
+
+impl Batch {
+    /// The bytes at `pos..stop` that lie in one chunk of this batch, if `pos`
+    /// falls inside the batch.
+    fn slice(&self, pos: u64, stop: u64) -> Option<Bytes> {
+        let mut at = self.start;
+        for c in &self.chunks {
+            let end = at + c.len() as u64;
+            if pos >= at && pos < end {
+                let to = end.min(stop);
+                return (to > pos).then(|| c.slice((pos - at) as usize..(to - at) as usize));
+            }
+            at = end;
+        }
+        None
+    }
 }
 
 /// One in-progress fill.
@@ -206,12 +234,17 @@ impl Job {
         let writer = tokio::task::spawn_blocking(move || -> io::Result<Verifier> {
             let mut verifier = Verifier::new();
             while let Some(batch) = rx.blocking_recv() {
+                let start = verifier.len();
                 for chunk in &batch {
                     (&*file).write_all(chunk)?;
                     verifier.update(chunk);
                 }
                 let n = verifier.len();
-                state.send_modify(|s| s.written = n);
+                let recent = Arc::new(Batch { start, chunks: batch });
+                state.send_modify(|s| {
+                    s.written = n;
+                    s.recent = Some(recent);
+                });
             }
             Ok(verifier)
         });
@@ -262,6 +295,7 @@ impl Job {
             s.size = Some(got);
             s.written = got;
             s.verified = true;
+            s.recent = None;
         });
         Ok(())
     }
@@ -322,7 +356,13 @@ impl Fill {
                         if end.is_some_and(|e| pos >= e) {
                             return Ok(None);
                         }
-                        (end.map_or(released, |e| e.min(released)), s.verified)
+                        let stop = end.map_or(released, |e| e.min(released));
+                        if let Some(chunk) = s.recent.as_ref().and_then(|b| b.slice(pos, stop)) {
+                            let next = pos + chunk.len() as u64;
+                            drop(s);
+                            return Ok(Some((chunk, (next, rx))));
+                        }
+                        (stop, s.verified)
                     };
                     if pos < stop {
                         let want = (stop - pos).min(storage::READ_CHUNK as u64) as usize;
@@ -385,6 +425,18 @@ mod tests {
             Ok(v)
         })
         .await
+    }
+
+    #[test]
+    fn batch_slices_stay_within_one_chunk_and_the_stop() {
+        let b = Batch { start: 100, chunks: vec![Bytes::from_static(b"abcd"), Bytes::from_static(b"efgh")] };
+        assert_eq!(b.slice(100, 1000).as_deref(), Some(&b"abcd"[..]));
+        assert_eq!(b.slice(102, 1000).as_deref(), Some(&b"cd"[..]));
+        assert_eq!(b.slice(104, 1000).as_deref(), Some(&b"efgh"[..]));
+        assert_eq!(b.slice(105, 107).as_deref(), Some(&b"fg"[..]));
+        assert_eq!(b.slice(105, 105), None);
+        assert_eq!(b.slice(99, 1000), None);
+        assert_eq!(b.slice(108, 1000), None);
     }
 
     #[tokio::test(flavor = "multi_thread")]
