@@ -129,9 +129,7 @@ fn default_upstream() -> String {
 
 impl Default for RoutingConfig {
     fn default() -> Self {
-        RoutingConfig {
-            default_upstream: default_upstream(),
-        }
+        RoutingConfig { default_upstream: default_upstream() }
     }
 }
 
@@ -152,10 +150,7 @@ fn default_tag_ttl() -> Duration {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig {
-            tag_ttl: default_tag_ttl(),
-            offline: false,
-        }
+        CacheConfig { tag_ttl: default_tag_ttl(), offline: false }
     }
 }
 
@@ -163,10 +158,7 @@ impl Default for CacheConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config: {0}")]
     Parse(String),
     #[error("invalid config: {key}: {message}")]
@@ -174,18 +166,13 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        message: message.into(),
-    }
+    ConfigError::Invalid { key: key.into(), message: message.into() }
 }
 
 impl Config {
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Config::from_toml(&text)
     }
 
@@ -193,14 +180,12 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let mut cfg: Config = toml::from_str(text).map_err(|e| {
             // toml's message spans several lines with a source excerpt; keep
-            // the first line, which names the key and the problem.
+            // the first line and name the key from the span it points at.
             let msg = e.message().lines().next().unwrap_or("").to_string();
-            let at = e
-                .span()
-                .map(|s| line_of(text, s.start))
-                .map(|l| format!(" (line {l})"))
-                .unwrap_or_default();
-            ConfigError::Parse(format!("{msg}{at}"))
+            match e.span().and_then(|s| key_at(text, s.start)) {
+                Some((key, line)) => ConfigError::Parse(format!("{key} (line {line}): {msg}")),
+                None => ConfigError::Parse(msg),
+            }
         })?;
         cfg.validate()?;
         Ok(cfg)
@@ -210,10 +195,7 @@ impl Config {
         if !self.upstreams.contains_key(&self.routing.default_upstream) {
             return Err(invalid(
                 "routing.default_upstream",
-                format!(
-                    "{:?} is not one of the configured [upstreams]",
-                    self.routing.default_upstream
-                ),
+                format!("{:?} is not one of the configured [upstreams]", self.routing.default_upstream),
             ));
         }
         let mut seen = std::collections::BTreeSet::new();
@@ -228,24 +210,15 @@ impl Config {
                 }
             }
             if !matches!(up.url.scheme(), "http" | "https") || up.url.host().is_none() {
-                return Err(invalid(
-                    format!("{key}.url"),
-                    "must be an http(s) URL with a host",
-                ));
+                return Err(invalid(format!("{key}.url"), "must be an http(s) URL with a host"));
             }
             if let Some(var) = &up.password_env {
                 let value = std::env::var(var).map_err(|_| {
-                    invalid(
-                        format!("{key}.password_env"),
-                        format!("environment variable {var} is not set"),
-                    )
+                    invalid(format!("{key}.password_env"), format!("environment variable {var} is not set"))
                 })?;
                 up.password = Some(Secret(value));
                 if up.username.is_none() {
-                    return Err(invalid(
-                        format!("{key}.username"),
-                        "required when password_env is set",
-                    ));
+                    return Err(invalid(format!("{key}.username"), "required when password_env is set"));
                 }
             }
         }
@@ -263,19 +236,32 @@ fn valid_host(n: &str) -> bool {
     n.contains('.')
         && n.split('.').all(|l| {
             !l.is_empty()
-                && l.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         })
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())]
-        .bytes()
-        .filter(|&b| b == b'\n')
-        .count()
-        + 1
+/// The dotted key (`cache.tag_ttl`) and line number of the `key = value`
+/// line containing `offset`, with the table from the nearest `[header]`.
+fn key_at(text: &str, offset: usize) -> Option<(String, usize)> {
+    let offset = offset.min(text.len());
+    let line_no = text[..offset].bytes().filter(|&b| b == b'\n').count() + 1;
+    let line = text.lines().nth(line_no - 1)?;
+    let key = line.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string())?;
+    let table = text
+        .lines()
+        .take(line_no - 1)
+        .filter_map(|l| {
+            let l = l.trim();
+            l.strip_prefix('[').and_then(|l| l.strip_suffix(']')).map(|t| t.trim().to_string())
+        })
+        .last();
+    let key = match table {
+        Some(t) if !key.is_empty() => format!("{t}.{key}"),
+        _ => key,
+    };
+    Some((key, line_no))
 }
 
 #[cfg(test)]
@@ -303,10 +289,7 @@ aliases = ["k8s.gcr.io"]
         let cfg = Config::from_toml(MIN).unwrap();
         assert_eq!(cfg.storage.path, PathBuf::from("./data"));
         assert!(!cfg.cache.offline);
-        assert_eq!(
-            cfg.upstreams["registry.k8s.io"].read_timeout,
-            Duration::from_secs(30)
-        );
+        assert_eq!(cfg.upstreams["registry.k8s.io"].read_timeout, Duration::from_secs(30));
     }
 
     fn err(text: &str) -> String {
@@ -318,26 +301,17 @@ aliases = ["k8s.gcr.io"]
         let e = err(&format!("bogus = 1\n{MIN}"));
         assert!(e.contains("bogus"), "{e}");
         let e = err(&format!("{MIN}\n[cache]\ntag_ttl = \"five minutes\"\n"));
-        assert!(e.contains("tag_ttl") || e.contains("line"), "{e}");
-        let e = err(&format!(
-            "{MIN}\n[routing]\ndefault_upstream = \"docker.io\"\n"
-        ));
+        assert!(e.contains("cache.tag_ttl"), "{e}");
+        let e = err(&format!("{MIN}\n[routing]\ndefault_upstream = \"docker.io\"\n"));
         assert!(e.contains("routing.default_upstream"), "{e}");
         let e = err(&format!("{MIN}\n[storage]\nbackend = \"s4\"\n"));
-        assert!(e.contains("s4") || e.contains("backend"), "{e}");
-        let e = err(&format!(
-            "{MIN}\n[upstreams.\"docker.io\"]\nurl = \"ftp://x.y\"\n"
-        ));
+        assert!(e.contains("storage.backend") && e.contains("s4"), "{e}");
+        let e = err(&format!("{MIN}\n[upstreams.\"docker.io\"]\nurl = \"ftp://x.y\"\n"));
         assert!(e.contains("upstreams.\"docker.io\".url"), "{e}");
-        let e = err(&format!(
-            "{MIN}\n[upstreams.\"k8s.gcr.io\"]\nurl = \"https://x.y\"\n"
-        ));
+        let e = err(&format!("{MIN}\n[upstreams.\"k8s.gcr.io\"]\nurl = \"https://x.y\"\n"));
         assert!(e.contains("more than once"), "{e}");
         let e = err(&format!("{MIN}\n[upstreams.\"ghcr.io\"]\nurl = \"https://ghcr.io\"\nusername = \"u\"\npassword_env = \"KLTS_TEST_UNSET_VAR\"\n"));
-        assert!(
-            e.contains("password_env") && e.contains("KLTS_TEST_UNSET_VAR"),
-            "{e}"
-        );
+        assert!(e.contains("password_env") && e.contains("KLTS_TEST_UNSET_VAR"), "{e}");
     }
 
     #[test]

@@ -40,11 +40,8 @@ pub struct Mirror {
 impl Mirror {
     pub fn new(cfg: &Config) -> Result<Mirror, StartError> {
         let store = Arc::new(storage::Store::open(&cfg.storage)?);
-        let proxy =
-            proxy::Proxy::new(cfg, store).map_err(|e| StartError::Upstream(e.to_string()))?;
-        Ok(Mirror {
-            proxy: Arc::new(proxy),
-        })
+        let proxy = proxy::Proxy::new(cfg, store).map_err(|e| StartError::Upstream(e.to_string()))?;
+        Ok(Mirror { proxy: Arc::new(proxy) })
     }
 
     pub fn proxy(&self) -> &Arc<proxy::Proxy> {
@@ -69,8 +66,6 @@ impl Mirror {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         });
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
+        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await
     }
 }

@@ -12,11 +12,7 @@ use clap::{Parser, Subcommand};
 use klts_mirror::{Config, Mirror};
 
 #[derive(Parser)]
-#[command(
-    name = "klts-mirror",
-    version,
-    about = "Pull-through OCI registry mirror for Kubernetes LTS images"
-)]
+#[command(name = "klts-mirror", version, about = "Pull-through OCI registry mirror for Kubernetes LTS images")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,10 +60,7 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("klts-mirror: cannot start runtime: {e}");

@@ -21,14 +21,7 @@ use e2e_support::process::require_tools;
 use e2e_support::upstream::{Upstream, SEEDED};
 use e2e_support::{sha256_digest, skopeo};
 
-const REQUIRED_TOOLS: &[&str] = &[
-    "docker-registry",
-    "skopeo",
-    "containerd",
-    "ctr",
-    "tar",
-    "gzip",
-];
+const REQUIRED_TOOLS: &[&str] = &["docker-registry", "skopeo", "containerd", "ctr", "tar", "gzip"];
 
 /// Set to keep the tempdir (layout, registry storage, logs) after the run.
 const KEEP_TMP_ENV: &str = "KLTS_E2E_KEEP_TMP";
@@ -51,19 +44,11 @@ impl World {
             .disable_cleanup(std::env::var_os(KEEP_TMP_ENV).is_some())
             .tempdir()
             .expect("create tempdir");
-        eprintln!(
-            "e2e work dir: {} (set {KEEP_TMP_ENV}=1 to keep it)",
-            tmp.path().display()
-        );
+        eprintln!("e2e work dir: {} (set {KEEP_TMP_ENV}=1 to keep it)", tmp.path().display());
         let http = Http::new();
         let layout = build_multi_arch_layout(tmp.path(), "layout");
         let upstream = Upstream::start_seeded(&tmp.path().join("upstream"), &http, &layout);
-        World {
-            http,
-            upstream,
-            layout,
-            tmp,
-        }
+        World { http, upstream, layout, tmp }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -74,10 +59,7 @@ impl World {
     /// itself (skopeo pushed it with `--preserve-digests`).
     fn upstream_digest(&self, repo: &str, tag: &str) -> String {
         let digest = self.upstream.manifest_digest(&self.http, repo, tag);
-        assert_eq!(
-            digest, self.layout.index_digest,
-            "upstream {repo}:{tag} does not serve the generated index"
-        );
+        assert_eq!(digest, self.layout.index_digest, "upstream {repo}:{tag} does not serve the generated index");
         digest
     }
 }
@@ -102,12 +84,7 @@ const K8S_DEFAULT_SHAPES: &[Shape] = &[
         tag: "v1.30.0",
         upstream_repo: "kube-apiserver",
     },
-    Shape {
-        what: "bare name (kubeadm imageRepository = mirror)",
-        name: "pause",
-        tag: "3.9",
-        upstream_repo: "pause",
-    },
+    Shape { what: "bare name (kubeadm imageRepository = mirror)", name: "pause", tag: "3.9", upstream_repo: "pause" },
     Shape {
         what: "bare two-component name",
         name: "coredns/coredns",
@@ -126,12 +103,7 @@ const K8S_DEFAULT_SHAPES: &[Shape] = &[
         tag: "v1.11.1",
         upstream_repo: "coredns/coredns",
     },
-    Shape {
-        what: "host-prefixed alias k8s.gcr.io",
-        name: "k8s.gcr.io/pause",
-        tag: "3.9",
-        upstream_repo: "pause",
-    },
+    Shape { what: "host-prefixed alias k8s.gcr.io", name: "k8s.gcr.io/pause", tag: "3.9", upstream_repo: "pause" },
     Shape {
         what: "host-prefixed docker.io with library/",
         name: "docker.io/library/busybox",
@@ -158,11 +130,7 @@ const K8S_DEFAULT_SHAPES: &[Shape] = &[
 fn pull_through_mirror(world: &World, mirror: &mut Mirror, shape: &Shape, round: &str) -> String {
     let expected = world.upstream_digest(shape.upstream_repo, shape.tag);
     let reference = format!("{}/{}:{}", mirror.host(), shape.name, shape.tag);
-    let out = world.path(&format!(
-        "pull-{round}-{}-{}",
-        shape.name.replace('/', "_"),
-        shape.tag
-    ));
+    let out = world.path(&format!("pull-{round}-{}-{}", shape.name.replace('/', "_"), shape.tag));
     let pulled = skopeo::pull_all(world.tmp.path(), &reference, &out);
     mirror.assert_running();
     assert_eq!(
@@ -258,11 +226,7 @@ fn traced_requests(trace: &str) -> Vec<String> {
         .lines()
         .filter_map(|line| line.split_once("msg=\"").map(|(_, rest)| rest))
         .filter(|msg| msg.starts_with("HEAD /") || msg.starts_with("GET /"))
-        .map(|msg| {
-            msg.trim_end_matches('"')
-                .trim_end_matches(" HTTP/1.1")
-                .to_string()
-        })
+        .map(|msg| msg.trim_end_matches('"').trim_end_matches(" HTTP/1.1").to_string())
         .collect()
 }
 
@@ -280,10 +244,7 @@ fn assert_trace_namespaced(trace: &str, fetch: &CtrFetch, reference: &str, file:
         fetch.endpoint
     );
     for request in &requests {
-        assert!(
-            request.contains(&ns),
-            "containerd fetch of {reference}: request `{request}` lacks `{ns}`"
-        );
+        assert!(request.contains(&ns), "containerd fetch of {reference}: request `{request}` lacks `{ns}`");
     }
 }
 
@@ -321,12 +282,7 @@ fn harness_tools_pull_directly_from_upstream() {
 #[test]
 fn mirror_serves_every_request_shape() {
     let world = World::new();
-    let mut mirror = Mirror::start(
-        &world.path("mirror"),
-        &world.http,
-        world.upstream.port,
-        "registry.k8s.io",
-    );
+    let mut mirror = Mirror::start(&world.path("mirror"), &world.http, world.upstream.port, "registry.k8s.io");
 
     // containerd goes first, against an empty cache, so the `?ns=` requests
     // drive the cold fills; the other test covers skopeo-driven cold fills.
@@ -339,31 +295,19 @@ fn mirror_serves_every_request_shape() {
         containerd_fetch(
             &world,
             &containerd,
-            &CtrFetch {
-                registry,
-                repo_tag,
-                endpoint: &mirror.base_url(),
-                expect_x_cache: true,
-            },
+            &CtrFetch { registry, repo_tag, endpoint: &mirror.base_url(), expect_x_cache: true },
         );
         mirror.assert_running();
     }
     assert_containerd_resolve_contract(&world, &mirror, "registry.k8s.io", "kube-apiserver");
     assert_containerd_resolve_contract(&world, &mirror, "k8s.gcr.io", "pause");
 
-    let first: Vec<String> = K8S_DEFAULT_SHAPES
-        .iter()
-        .map(|shape| pull_through_mirror(&world, &mut mirror, shape, "first"))
-        .collect();
+    let first: Vec<String> =
+        K8S_DEFAULT_SHAPES.iter().map(|shape| pull_through_mirror(&world, &mut mirror, shape, "first")).collect();
 
-    let warm: Vec<String> = K8S_DEFAULT_SHAPES
-        .iter()
-        .map(|shape| pull_through_mirror(&world, &mut mirror, shape, "warm"))
-        .collect();
-    assert_eq!(
-        first, warm,
-        "warm pulls returned different digests than first pulls"
-    );
+    let warm: Vec<String> =
+        K8S_DEFAULT_SHAPES.iter().map(|shape| pull_through_mirror(&world, &mut mirror, shape, "warm")).collect();
+    assert_eq!(first, warm, "warm pulls returned different digests than first pulls");
 
     assert_blob_cache_hit(&world, &mirror, "kube-apiserver");
 }
@@ -374,12 +318,7 @@ fn mirror_serves_every_request_shape() {
 #[test]
 fn mirror_routes_dockerd_shape_to_docker_io_default() {
     let world = World::new();
-    let mut mirror = Mirror::start(
-        &world.path("mirror-dockerio"),
-        &world.http,
-        world.upstream.port,
-        "docker.io",
-    );
+    let mut mirror = Mirror::start(&world.path("mirror-dockerio"), &world.http, world.upstream.port, "docker.io");
     let shapes = [
         Shape {
             what: "dockerd registry-mirrors shape, default docker.io",
@@ -406,21 +345,13 @@ fn mirror_routes_dockerd_shape_to_docker_io_default() {
 /// 200 with the upstream `Docker-Content-Digest` and the index's exact
 /// `Content-Length`, and a by-digest GET must return bytes hashing to it.
 fn assert_containerd_resolve_contract(world: &World, mirror: &Mirror, registry: &str, repo: &str) {
-    let tag = SEEDED
-        .iter()
-        .find(|(r, _)| *r == repo)
-        .map(|(_, t)| *t)
-        .expect("repo is seeded");
+    let tag = SEEDED.iter().find(|(r, _)| *r == repo).map(|(_, t)| *t).expect("repo is seeded");
     let expected = world.upstream_digest(repo, tag);
     let base = mirror.base_url();
     let head_url = format!("{base}/v2/{repo}/manifests/{tag}?ns={registry}");
     let head = world.http.head(&head_url, Some(CONTAINERD_ACCEPT));
     assert_eq!(head.status, 200, "HEAD {head_url} status");
-    assert_eq!(
-        head.header("docker-content-digest"),
-        expected,
-        "HEAD {head_url}: Docker-Content-Digest"
-    );
+    assert_eq!(head.header("docker-content-digest"), expected, "HEAD {head_url}: Docker-Content-Digest");
     assert_eq!(
         head.header("content-length"),
         world.layout.index_size.to_string(),
@@ -430,11 +361,7 @@ fn assert_containerd_resolve_contract(world: &World, mirror: &Mirror, registry: 
     let get_url = format!("{base}/v2/{repo}/manifests/{expected}?ns={registry}");
     let get = world.http.get(&get_url, Some(CONTAINERD_ACCEPT));
     assert_eq!(get.status, 200, "GET {get_url} status");
-    assert_eq!(
-        sha256_digest(&get.body),
-        expected,
-        "GET {get_url}: body digest"
-    );
+    assert_eq!(sha256_digest(&get.body), expected, "GET {get_url}: body digest");
 }
 
 /// Fetches one layer blob directly twice: the second answer must be served
@@ -453,10 +380,6 @@ fn assert_blob_cache_hit(world: &World, mirror: &Mirror, repo: &str) {
         );
         seen.push(resp.header("x-cache"));
     }
-    assert!(
-        seen[0] == "MISS" || seen[0] == "HIT",
-        "first GET {url}: X-Cache should be MISS or HIT, got {:?}",
-        seen[0]
-    );
+    assert!(seen[0] == "MISS" || seen[0] == "HIT", "first GET {url}: X-Cache should be MISS or HIT, got {:?}", seen[0]);
     assert_eq!(seen[1], "HIT", "second GET {url}: X-Cache must be HIT");
 }

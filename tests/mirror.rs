@@ -10,10 +10,7 @@ use futures::StreamExt;
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 fn x_cache(r: &reqwest::Response) -> String {
-    r.headers()
-        .get("x-cache")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default()
+    r.headers().get("x-cache").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
 }
 
 #[tokio::test]
@@ -21,19 +18,14 @@ async fn base_endpoint_answers_with_api_version() {
     let env = Env::start().await;
     let r = env.get("/v2/").await;
     assert_eq!(r.status(), 200);
-    assert_eq!(
-        r.headers()["docker-distribution-api-version"],
-        "registry/2.0"
-    );
+    assert_eq!(r.headers()["docker-distribution-api-version"], "registry/2.0");
     assert_eq!(env.upstream.total(), 0, "/v2/ never goes upstream");
 }
 
 #[tokio::test]
 async fn manifest_cold_then_warm_with_headers() {
     let env = Env::start().await;
-    let (md, _) = env
-        .upstream
-        .add_image("kube-apiserver", "v1.18.20", bytes(1000, 1));
+    let (md, _) = env.upstream.add_image("kube-apiserver", "v1.18.20", bytes(1000, 1));
 
     let r = env.get("/v2/kube-apiserver/manifests/v1.18.20").await;
     assert_eq!(r.status(), 200);
@@ -41,11 +33,7 @@ async fn manifest_cold_then_warm_with_headers() {
     assert_eq!(r.headers()["content-type"], OCI_MANIFEST);
     assert_eq!(r.headers()["docker-content-digest"], md.as_str());
     assert_eq!(r.headers()["etag"], format!("\"{md}\"").as_str());
-    let len: usize = r.headers()["content-length"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let len: usize = r.headers()["content-length"].to_str().unwrap().parse().unwrap();
     let body = r.bytes().await.unwrap();
     assert_eq!(body.len(), len);
     assert_eq!(digest_of(&body), md, "served byte-exact");
@@ -58,28 +46,19 @@ async fn manifest_cold_then_warm_with_headers() {
     let r = env.head("/v2/kube-apiserver/manifests/v1.18.20").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["docker-content-digest"], md.as_str());
-    assert_eq!(
-        r.headers()["content-length"].to_str().unwrap(),
-        len.to_string()
-    );
+    assert_eq!(r.headers()["content-length"].to_str().unwrap(), len.to_string());
     assert!(r.bytes().await.unwrap().is_empty());
 
     let r = env.get(&format!("/v2/kube-apiserver/manifests/{md}")).await;
     assert_eq!(x_cache(&r), "HIT");
-    assert_eq!(
-        env.upstream.count("GET", "/manifests/"),
-        1,
-        "one upstream GET for all of it"
-    );
+    assert_eq!(env.upstream.count("GET", "/manifests/"), 1, "one upstream GET for all of it");
     assert_eq!(env.upstream.count("HEAD", "/manifests/"), 0);
 }
 
 #[tokio::test]
 async fn all_request_shapes_share_one_cache_entry() {
     let env = Env::start().await;
-    let (md, _) = env
-        .upstream
-        .add_image("kube-proxy", "v1.30.0", bytes(10, 2));
+    let (md, _) = env.upstream.add_image("kube-proxy", "v1.30.0", bytes(10, 2));
     let shapes = [
         "/v2/kube-proxy/manifests/v1.30.0",
         "/v2/kube-proxy/manifests/v1.30.0?ns=registry.k8s.io",
@@ -93,23 +72,13 @@ async fn all_request_shapes_share_one_cache_entry() {
         assert_eq!(x_cache(&r), if i == 0 { "MISS" } else { "HIT" }, "{p}");
         assert_eq!(r.headers()["docker-content-digest"], md.as_str(), "{p}");
     }
-    assert_eq!(
-        env.upstream
-            .count("GET", "/v2/kube-proxy/manifests/v1.30.0"),
-        1
-    );
+    assert_eq!(env.upstream.count("GET", "/v2/kube-proxy/manifests/v1.30.0"), 1);
 }
 
 #[tokio::test]
 async fn docker_hub_names_get_library_prefix() {
-    let env = Env::with(Options {
-        default_upstream: "docker.io",
-        ..Default::default()
-    })
-    .await;
-    let (md, _) = env
-        .upstream
-        .add_image("library/busybox", "1.36", bytes(10, 3));
+    let env = Env::with(Options { default_upstream: "docker.io", ..Default::default() }).await;
+    let (md, _) = env.upstream.add_image("library/busybox", "1.36", bytes(10, 3));
     for p in [
         "/v2/library/busybox/manifests/1.36",
         "/v2/busybox/manifests/1.36",
@@ -121,35 +90,15 @@ async fn docker_hub_names_get_library_prefix() {
         assert_eq!(r.status(), 200, "{p}");
         assert_eq!(r.headers()["docker-content-digest"], md.as_str(), "{p}");
     }
-    assert_eq!(
-        env.upstream
-            .count("GET", "/v2/library/busybox/manifests/1.36"),
-        1
-    );
+    assert_eq!(env.upstream.count("GET", "/v2/library/busybox/manifests/1.36"), 1);
 }
 
 #[tokio::test]
 async fn unknown_upstreams_are_refused_without_dialing_out() {
     let env = Env::start().await;
-    assert_error(
-        env.get("/v2/pause/manifests/3.9?ns=evil.example.com").await,
-        404,
-        "NAME_UNKNOWN",
-    )
-    .await;
-    assert_error(
-        env.get("/v2/quay.io/coreos/etcd/manifests/v3").await,
-        404,
-        "NAME_UNKNOWN",
-    )
-    .await;
-    assert_error(
-        env.get(&format!("/v2/quay.io/x/blobs/{}", digest_of(b"x")))
-            .await,
-        404,
-        "NAME_UNKNOWN",
-    )
-    .await;
+    assert_error(env.get("/v2/pause/manifests/3.9?ns=evil.example.com").await, 404, "NAME_UNKNOWN").await;
+    assert_error(env.get("/v2/quay.io/coreos/etcd/manifests/v3").await, 404, "NAME_UNKNOWN").await;
+    assert_error(env.get(&format!("/v2/quay.io/x/blobs/{}", digest_of(b"x"))).await, 404, "NAME_UNKNOWN").await;
     assert_eq!(env.upstream.total(), 0);
 }
 
@@ -162,21 +111,14 @@ async fn blob_cold_then_warm() {
     assert_eq!(r.status(), 200);
     assert_eq!(x_cache(&r), "MISS");
     assert_eq!(r.headers()["docker-content-digest"], d.as_str());
-    assert_eq!(
-        r.headers()["content-length"].to_str().unwrap(),
-        data.len().to_string()
-    );
+    assert_eq!(r.headers()["content-length"].to_str().unwrap(), data.len().to_string());
     assert_eq!(digest_of(&r.bytes().await.unwrap()), d);
     // The commit follows the last byte closely; wait for it.
     let mut hit = false;
     for _ in 0..100 {
         let r = env.get(&format!("/v2/other/repo/blobs/{d}")).await;
         if x_cache(&r) == "HIT" {
-            assert_eq!(
-                digest_of(&r.bytes().await.unwrap()),
-                d,
-                "shared across repositories"
-            );
+            assert_eq!(digest_of(&r.bytes().await.unwrap()), d, "shared across repositories");
             hit = true;
             break;
         }
@@ -206,26 +148,9 @@ async fn blob_head_never_downloads() {
 #[tokio::test]
 async fn upstream_404_maps_to_unknown_codes() {
     let env = Env::start().await;
-    assert_error(
-        env.get("/v2/pause/manifests/nope").await,
-        404,
-        "MANIFEST_UNKNOWN",
-    )
-    .await;
-    assert_error(
-        env.get(&format!("/v2/pause/manifests/{}", digest_of(b"m")))
-            .await,
-        404,
-        "MANIFEST_UNKNOWN",
-    )
-    .await;
-    assert_error(
-        env.get(&format!("/v2/pause/blobs/{}", digest_of(b"b")))
-            .await,
-        404,
-        "BLOB_UNKNOWN",
-    )
-    .await;
+    assert_error(env.get("/v2/pause/manifests/nope").await, 404, "MANIFEST_UNKNOWN").await;
+    assert_error(env.get(&format!("/v2/pause/manifests/{}", digest_of(b"m"))).await, 404, "MANIFEST_UNKNOWN").await;
+    assert_error(env.get(&format!("/v2/pause/blobs/{}", digest_of(b"b"))).await, 404, "BLOB_UNKNOWN").await;
 }
 
 /// 16 concurrent cold pulls of one blob: one upstream GET, every body
@@ -259,16 +184,9 @@ async fn single_flight_streams_to_all_waiters() {
     for c in clients {
         let (got, sent_then) = c.await.unwrap();
         assert_eq!(got, d, "every body verifies");
-        assert!(
-            sent_then < data.len() as u64,
-            "first bytes arrived before upstream finished ({sent_then} sent)"
-        );
+        assert!(sent_then < data.len() as u64, "first bytes arrived before upstream finished ({sent_then} sent)");
     }
-    assert_eq!(
-        env.upstream.count("GET", "/blobs/"),
-        1,
-        "exactly one upstream GET"
-    );
+    assert_eq!(env.upstream.count("GET", "/blobs/"), 1, "exactly one upstream GET");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,18 +234,13 @@ async fn corrupted_upstream_blob_is_never_committed() {
     let d = env.upstream.add_blob(data.clone());
     env.upstream.set_mode(Mode::Corrupt);
     let r = env.get(&format!("/v2/etcd/blobs/{d}")).await;
-    assert!(
-        transfer_fails(r).await,
-        "the client's transfer must fail, not complete with wrong bytes"
-    );
+    assert!(transfer_fails(r).await, "the client's transfer must fail, not complete with wrong bytes");
     env.upstream.set_mode(Mode::Normal);
     let r = env.get(&format!("/v2/etcd/blobs/{d}")).await;
     assert_eq!(x_cache(&r), "MISS", "nothing was stored");
     assert_eq!(digest_of(&r.bytes().await.unwrap()), d);
     assert!(
-        env.stored_files()
-            .iter()
-            .all(|(_, c)| c.len() != data.len() || digest_of(c) == d),
+        env.stored_files().iter().all(|(_, c)| c.len() != data.len() || digest_of(c) == d),
         "no corrupt file in the store"
     );
 }
@@ -343,10 +256,7 @@ async fn truncated_upstream_blob_is_never_committed() {
     env.upstream.set_throttle(Some(Duration::from_millis(20)));
     let r = env.get(&format!("/v2/etcd/blobs/{d}")).await;
     assert_eq!(r.status(), 200);
-    assert!(
-        transfer_fails(r).await,
-        "a truncated fill fails the client mid-body"
-    );
+    assert!(transfer_fails(r).await, "a truncated fill fails the client mid-body");
     env.upstream.set_throttle(None);
     env.upstream.set_mode(Mode::Normal);
     let r = env.get(&format!("/v2/etcd/blobs/{d}")).await;
@@ -363,10 +273,7 @@ async fn corrupted_manifest_is_refused() {
     env.upstream.add_manifest("pause", None, OCI_MANIFEST, body);
     let claimed = format!("/v2/pause/manifests/{wrong}");
     assert_error(env.get(&claimed).await, 404, "MANIFEST_UNKNOWN").await;
-    assert!(env
-        .stored_files()
-        .iter()
-        .all(|(p, _)| !p.to_string_lossy().contains("manifests")));
+    assert!(env.stored_files().iter().all(|(p, _)| !p.to_string_lossy().contains("manifests")));
 }
 
 #[tokio::test]
@@ -376,13 +283,7 @@ async fn range_requests_on_cached_and_uncached_blobs() {
     let d = env.upstream.add_blob(data.clone());
     let path = format!("{}/v2/etcd/blobs/{d}", env.url);
     // Not cached yet.
-    let r = env
-        .client
-        .get(&path)
-        .header("range", "bytes=100-199")
-        .send()
-        .await
-        .unwrap();
+    let r = env.client.get(&path).header("range", "bytes=100-199").send().await.unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.headers()["content-range"], "bytes 100-199/1000000");
     assert_eq!(r.bytes().await.unwrap(), data[100..200]);
@@ -393,43 +294,19 @@ async fn range_requests_on_cached_and_uncached_blobs() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let r = env
-        .client
-        .get(&path)
-        .header("range", "bytes=999990-")
-        .send()
-        .await
-        .unwrap();
+    let r = env.client.get(&path).header("range", "bytes=999990-").send().await.unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(x_cache(&r), "HIT");
     assert_eq!(r.headers()["content-range"], "bytes 999990-999999/1000000");
     assert_eq!(r.bytes().await.unwrap(), data[999_990..]);
-    let r = env
-        .client
-        .get(&path)
-        .header("range", "bytes=-10")
-        .send()
-        .await
-        .unwrap();
+    let r = env.client.get(&path).header("range", "bytes=-10").send().await.unwrap();
     assert_eq!(r.bytes().await.unwrap(), data[999_990..]);
-    let r = env
-        .client
-        .get(&path)
-        .header("range", "bytes=1000000-")
-        .send()
-        .await
-        .unwrap();
+    let r = env.client.get(&path).header("range", "bytes=1000000-").send().await.unwrap();
     assert_eq!(r.status(), 416);
     assert_eq!(r.headers()["content-range"], "bytes */1000000");
     assert_error(r, 416, "SIZE_INVALID").await;
     // Unparseable ranges are ignored: the whole blob.
-    let r = env
-        .client
-        .get(&path)
-        .header("range", "bytes=5-1")
-        .send()
-        .await
-        .unwrap();
+    let r = env.client.get(&path).header("range", "bytes=5-1").send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().len(), data.len());
     assert_eq!(env.upstream.count("GET", "/blobs/"), 1);
@@ -437,11 +314,7 @@ async fn range_requests_on_cached_and_uncached_blobs() {
 
 #[tokio::test]
 async fn tag_ttl_revalidates_with_one_head() {
-    let env = Env::with(Options {
-        tag_ttl: "0s",
-        ..Default::default()
-    })
-    .await;
+    let env = Env::with(Options { tag_ttl: "0s", ..Default::default() }).await;
     env.upstream.add_image("pause", "3.9", bytes(10, 11));
     assert_eq!(x_cache(&env.get("/v2/pause/manifests/3.9").await), "MISS");
     // Expired: one HEAD, same digest, no body fetched.
@@ -471,12 +344,7 @@ async fn fresh_tags_do_not_contact_upstream() {
 
 #[tokio::test]
 async fn stale_if_error_on_500_429_and_stall() {
-    let env = Env::with(Options {
-        tag_ttl: "0s",
-        read_timeout: "1s",
-        ..Default::default()
-    })
-    .await;
+    let env = Env::with(Options { tag_ttl: "0s", read_timeout: "1s", ..Default::default() }).await;
     let (md, _) = env.upstream.add_image("pause", "3.9", bytes(10, 14));
     env.get("/v2/pause/manifests/3.9").await;
     for mode in [Mode::Error500, Mode::TooMany, Mode::Stall] {
@@ -490,105 +358,40 @@ async fn stale_if_error_on_500_429_and_stall() {
 
 #[tokio::test]
 async fn upstream_failures_with_nothing_cached() {
-    let env = Env::with(Options {
-        read_timeout: "1s",
-        ..Default::default()
-    })
-    .await;
+    let env = Env::with(Options { read_timeout: "1s", ..Default::default() }).await;
     env.upstream.set_mode(Mode::TooMany);
     let r = env.get("/v2/pause/manifests/3.9").await;
     assert_eq!(r.headers()["retry-after"], "17");
     assert_error(r, 429, "TOOMANYREQUESTS").await;
     env.upstream.set_mode(Mode::Error500);
-    assert_error(
-        env.get("/v2/pause/manifests/3.9").await,
-        502,
-        "MANIFEST_UNKNOWN",
-    )
-    .await;
-    assert_error(
-        env.get(&format!("/v2/pause/blobs/{}", digest_of(b"z")))
-            .await,
-        502,
-        "BLOB_UNKNOWN",
-    )
-    .await;
+    assert_error(env.get("/v2/pause/manifests/3.9").await, 502, "MANIFEST_UNKNOWN").await;
+    assert_error(env.get(&format!("/v2/pause/blobs/{}", digest_of(b"z"))).await, 502, "BLOB_UNKNOWN").await;
     env.upstream.set_mode(Mode::Stall);
     let started = std::time::Instant::now();
-    assert_error(
-        env.get("/v2/pause/manifests/3.9").await,
-        504,
-        "MANIFEST_UNKNOWN",
-    )
-    .await;
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "a stalled upstream is an error, not a hung request"
-    );
+    assert_error(env.get("/v2/pause/manifests/3.9").await, 504, "MANIFEST_UNKNOWN").await;
+    assert!(started.elapsed() < Duration::from_secs(10), "a stalled upstream is an error, not a hung request");
 }
 
 #[tokio::test]
 async fn offline_mode_never_dials_out() {
-    let env = Env::with(Options {
-        tag_ttl: "0s",
-        ..Default::default()
-    })
-    .await;
+    let env = Env::with(Options { tag_ttl: "0s", ..Default::default() }).await;
     let (md, layer) = env.upstream.add_image("etcd", "3.5.6-0", bytes(50_000, 15));
-    env.get("/v2/etcd/manifests/3.5.6-0")
-        .await
-        .bytes()
-        .await
-        .unwrap();
-    env.get(&format!("/v2/etcd/blobs/{layer}"))
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    env.get("/v2/etcd/manifests/3.5.6-0").await.bytes().await.unwrap();
+    env.get(&format!("/v2/etcd/blobs/{layer}")).await.bytes().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let env = env
-        .restart(Options {
-            offline: true,
-            tag_ttl: "0s",
-            ..Default::default()
-        })
-        .await;
+    let env = env.restart(Options { offline: true, tag_ttl: "0s", ..Default::default() }).await;
     let before = env.upstream.total();
     let r = env.get("/v2/etcd/manifests/3.5.6-0").await;
     assert_eq!(x_cache(&r), "HIT");
     assert_eq!(r.headers()["docker-content-digest"], md.as_str());
     let r = env.get(&format!("/v2/etcd/blobs/{layer}")).await;
     assert_eq!(x_cache(&r), "HIT");
-    assert_error(
-        env.get("/v2/etcd/manifests/other").await,
-        404,
-        "MANIFEST_UNKNOWN",
-    )
-    .await;
-    assert_error(
-        env.get(&format!("/v2/etcd/blobs/{}", digest_of(b"q")))
-            .await,
-        404,
-        "BLOB_UNKNOWN",
-    )
-    .await;
-    assert_eq!(
-        env.head(&format!("/v2/etcd/blobs/{}", digest_of(b"q")))
-            .await
-            .status(),
-        404
-    );
+    assert_error(env.get("/v2/etcd/manifests/other").await, 404, "MANIFEST_UNKNOWN").await;
+    assert_error(env.get(&format!("/v2/etcd/blobs/{}", digest_of(b"q"))).await, 404, "BLOB_UNKNOWN").await;
+    assert_eq!(env.head(&format!("/v2/etcd/blobs/{}", digest_of(b"q"))).await.status(), 404);
     let tags: serde_json::Value = env.get("/v2/etcd/tags/list").await.json().await.unwrap();
-    assert_eq!(
-        tags["tags"],
-        serde_json::json!(["3.5.6-0"]),
-        "offline without a cached list: the cached tags"
-    );
-    assert_eq!(
-        env.upstream.total(),
-        before,
-        "offline: zero upstream requests"
-    );
+    assert_eq!(tags["tags"], serde_json::json!(["3.5.6-0"]), "offline without a cached list: the cached tags");
+    assert_eq!(env.upstream.total(), before, "offline: zero upstream requests");
 }
 
 #[tokio::test]
@@ -596,22 +399,14 @@ async fn published_tags_win_and_never_touch_upstream() {
     use klts_mirror::oci::{Digest, RepoKey};
     use klts_mirror::storage::{Class, StoredManifest};
     let env = Env::start().await;
-    env.upstream
-        .add_image("kube-apiserver", "v1.18.20", bytes(10, 16));
+    env.upstream.add_image("kube-apiserver", "v1.18.20", bytes(10, 16));
     let body = bytes::Bytes::from_static(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[],"annotations":{"klts":"patched"}}"#);
-    let m = StoredManifest {
-        digest: Digest::of(&body),
-        media_type: OCI_MANIFEST.into(),
-        body,
-    };
+    let m = StoredManifest { digest: Digest::of(&body), media_type: OCI_MANIFEST.into(), body };
     let proxy = env.mirror.proxy();
     proxy.store().put_manifest(&m).await.unwrap();
     let key = RepoKey::new("registry.k8s.io".into(), "kube-apiserver".parse().unwrap());
     for tag in ["v1.18.20", "v1.18.20-lts.2"] {
-        proxy
-            .put_local_tag(Class::Published, &key, &tag.parse().unwrap(), &m.digest)
-            .await
-            .unwrap();
+        proxy.put_local_tag(Class::Published, &key, &tag.parse().unwrap(), &m.digest).await.unwrap();
     }
     for p in [
         "/v2/kube-apiserver/manifests/v1.18.20",
@@ -621,46 +416,25 @@ async fn published_tags_win_and_never_touch_upstream() {
         let r = env.get(p).await;
         assert_eq!(r.status(), 200, "{p}");
         assert_eq!(x_cache(&r), "HIT");
-        assert_eq!(
-            r.headers()["docker-content-digest"],
-            m.digest.to_string().as_str()
-        );
+        assert_eq!(r.headers()["docker-content-digest"], m.digest.to_string().as_str());
     }
     assert_eq!(env.upstream.count("GET", "/manifests/"), 0);
     assert_eq!(env.upstream.count("HEAD", "/manifests/"), 0);
     // The tags list is the union of published and upstream tags.
-    let tags: serde_json::Value = env
-        .get("/v2/kube-apiserver/tags/list")
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        tags["tags"],
-        serde_json::json!(["v1.18.20", "v1.18.20-lts.2"])
-    );
+    let tags: serde_json::Value = env.get("/v2/kube-apiserver/tags/list").await.json().await.unwrap();
+    assert_eq!(tags["tags"], serde_json::json!(["v1.18.20", "v1.18.20-lts.2"]));
 }
 
 #[tokio::test]
 async fn tags_list_pagination_and_fallback() {
-    let env = Env::with(Options {
-        read_timeout: "1s",
-        ..Default::default()
-    })
-    .await;
+    let env = Env::with(Options { read_timeout: "1s", ..Default::default() }).await;
     for t in ["a", "b", "c", "d", "e"] {
         env.upstream.add_image("coredns/coredns", t, bytes(1, 17));
     }
     let r = env.get("/v2/coredns/coredns/tags/list?n=2").await;
-    assert_eq!(
-        r.headers()["link"],
-        "</v2/coredns/coredns/tags/list?n=2&last=b>; rel=\"next\""
-    );
+    assert_eq!(r.headers()["link"], "</v2/coredns/coredns/tags/list?n=2&last=b>; rel=\"next\"");
     let v: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(
-        v,
-        serde_json::json!({"name": "coredns/coredns", "tags": ["a", "b"]})
-    );
+    assert_eq!(v, serde_json::json!({"name": "coredns/coredns", "tags": ["a", "b"]}));
     let r = env.get("/v2/coredns/coredns/tags/list?n=2&last=b").await;
     assert!(r.headers().get("link").is_some());
     let v: serde_json::Value = r.json().await.unwrap();
@@ -669,66 +443,33 @@ async fn tags_list_pagination_and_fallback() {
     assert!(r.headers().get("link").is_none());
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["tags"], serde_json::json!(["e"]));
-    let v: serde_json::Value = env
-        .get("/v2/coredns/coredns/tags/list?n=0")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v: serde_json::Value = env.get("/v2/coredns/coredns/tags/list?n=0").await.json().await.unwrap();
     assert_eq!(v["tags"], serde_json::json!([]));
-    assert_error(
-        env.get("/v2/coredns/coredns/tags/list?n=x").await,
-        400,
-        "UNSUPPORTED",
-    )
-    .await;
+    assert_error(env.get("/v2/coredns/coredns/tags/list?n=x").await, 400, "UNSUPPORTED").await;
     // Upstream down: the cached list answers.
     env.upstream.set_mode(Mode::Error500);
-    let v: serde_json::Value = env
-        .get("/v2/coredns/coredns/tags/list")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v: serde_json::Value = env.get("/v2/coredns/coredns/tags/list").await.json().await.unwrap();
     assert_eq!(v["tags"], serde_json::json!(["a", "b", "c", "d", "e"]));
     env.upstream.set_mode(Mode::Normal);
-    assert_error(
-        env.get("/v2/nothing/here/tags/list").await,
-        404,
-        "NAME_UNKNOWN",
-    )
-    .await;
+    assert_error(env.get("/v2/nothing/here/tags/list").await, 404, "NAME_UNKNOWN").await;
 }
 
 #[tokio::test]
 async fn coredns_quirk_serves_coredns_coredns() {
     let env = Env::start().await;
-    let (md, layer) = env
-        .upstream
-        .add_image("coredns/coredns", "v1.8.6", bytes(100, 18));
+    let (md, layer) = env.upstream.add_image("coredns/coredns", "v1.8.6", bytes(100, 18));
     let r = env.get("/v2/coredns/manifests/v1.8.6").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["docker-content-digest"], md.as_str());
-    let r = env
-        .get(&format!("/v2/k8s.gcr.io/coredns/blobs/{layer}"))
-        .await;
+    let r = env.get(&format!("/v2/k8s.gcr.io/coredns/blobs/{layer}")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(digest_of(&r.bytes().await.unwrap()), layer);
     // Old unversioned tags stay where they were.
     env.upstream.add_image("coredns", "1.7.0", bytes(5, 19));
     assert_eq!(env.get("/v2/coredns/manifests/1.7.0").await.status(), 200);
-    assert_eq!(
-        env.upstream
-            .count("GET", "/v2/coredns/coredns/manifests/1.7.0"),
-        0
-    );
+    assert_eq!(env.upstream.count("GET", "/v2/coredns/coredns/manifests/1.7.0"), 0);
     // Not on Docker Hub.
-    assert_error(
-        env.get("/v2/docker.io/coredns/manifests/v1.8.6").await,
-        404,
-        "MANIFEST_UNKNOWN",
-    )
-    .await;
+    assert_error(env.get("/v2/docker.io/coredns/manifests/v1.8.6").await, 404, "MANIFEST_UNKNOWN").await;
 }
 
 #[tokio::test]
@@ -737,36 +478,18 @@ async fn bearer_tokens_are_fetched_cached_and_not_leaked_on_redirect() {
     let cdn = common::FakeUpstream::start().await;
     *env.upstream.state.token.lock().unwrap() = Some("s3cret".into());
     *env.upstream.state.redirect_blobs_to.lock().unwrap() = Some(cdn.url());
-    let (_, layer) = env
-        .upstream
-        .add_image("kube-scheduler", "v1.30.0", bytes(70_000, 20));
+    let (_, layer) = env.upstream.add_image("kube-scheduler", "v1.30.0", bytes(70_000, 20));
     cdn.add_blob(bytes(70_000, 20));
-    assert_eq!(
-        env.get("/v2/kube-scheduler/manifests/v1.30.0")
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(env.get("/v2/kube-scheduler/manifests/v1.30.0").await.status(), 200);
     let r = env.get(&format!("/v2/kube-scheduler/blobs/{layer}")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(digest_of(&r.bytes().await.unwrap()), layer);
-    assert_eq!(
-        env.upstream.count("GET", "/token"),
-        1,
-        "token cached per scope"
-    );
+    assert_eq!(env.upstream.count("GET", "/token"), 1, "token cached per scope");
     let cdn_reqs = cdn.requests();
     assert_eq!(cdn_reqs.len(), 1);
-    assert_eq!(
-        cdn_reqs[0].authorization, None,
-        "Authorization never crosses hosts"
-    );
-    let authed = env
-        .upstream
-        .requests()
-        .into_iter()
-        .filter(|l| l.authorization.as_deref() == Some("Bearer s3cret"))
-        .count();
+    assert_eq!(cdn_reqs[0].authorization, None, "Authorization never crosses hosts");
+    let authed =
+        env.upstream.requests().into_iter().filter(|l| l.authorization.as_deref() == Some("Bearer s3cret")).count();
     assert!(authed >= 2, "the origin got the token");
 }
 
@@ -776,8 +499,7 @@ async fn oversized_manifests_are_refused() {
     let mut big = br#"{"schemaVersion":2,"layers":[],"x":""#.to_vec();
     big.extend(std::iter::repeat_n(b'a', 4 * 1024 * 1024));
     big.extend_from_slice(br#""}"#);
-    env.upstream
-        .add_manifest("pause", Some("huge"), OCI_MANIFEST, big);
+    env.upstream.add_manifest("pause", Some("huge"), OCI_MANIFEST, big);
     let r = env.get("/v2/pause/manifests/huge").await;
     assert_eq!(r.status(), 502);
     assert_error(r, 502, "MANIFEST_UNKNOWN").await;
@@ -787,74 +509,26 @@ async fn oversized_manifests_are_refused() {
 async fn bad_input_gets_spec_errors_and_leaves_the_store_intact() {
     let env = Env::start().await;
     let (_, layer) = env.upstream.add_image("pause", "3.9", bytes(1000, 21));
-    env.get("/v2/pause/manifests/3.9")
-        .await
-        .bytes()
-        .await
-        .unwrap();
-    env.get(&format!("/v2/pause/blobs/{layer}"))
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    env.get("/v2/pause/manifests/3.9").await.bytes().await.unwrap();
+    env.get(&format!("/v2/pause/blobs/{layer}")).await.bytes().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = env.stored_files();
     let upstream_before = env.upstream.total();
 
     let cases: &[(&str, &str, u16, &str)] = &[
-        (
-            "GET",
-            "/v2/../../etc/passwd/manifests/latest",
-            400,
-            "NAME_INVALID",
-        ),
+        ("GET", "/v2/../../etc/passwd/manifests/latest", 400, "NAME_INVALID"),
         ("GET", "/v2/a/../b/manifests/latest", 400, "NAME_INVALID"),
-        (
-            "GET",
-            "/v2/%2e%2e/%2e%2e/manifests/latest",
-            400,
-            "NAME_INVALID",
-        ),
-        (
-            "GET",
-            "/v2/pause/%2e%2e/blobs/sha256:00",
-            400,
-            "NAME_INVALID",
-        ),
+        ("GET", "/v2/%2e%2e/%2e%2e/manifests/latest", 400, "NAME_INVALID"),
+        ("GET", "/v2/pause/%2e%2e/blobs/sha256:00", 400, "NAME_INVALID"),
         ("GET", "/v2/a//b/manifests/latest", 400, "NAME_INVALID"),
         ("GET", "/v2/UPPER/manifests/latest", 400, "NAME_INVALID"),
         ("GET", "/v2/pause/manifests/..", 400, "NAME_INVALID"),
-        (
-            "GET",
-            "/v2/pause/manifests/%2e%2e%2f%2e%2e",
-            400,
-            "NAME_INVALID",
-        ),
+        ("GET", "/v2/pause/manifests/%2e%2e%2f%2e%2e", 400, "NAME_INVALID"),
         ("GET", "/v2/pause/blobs/sha256:123", 400, "DIGEST_INVALID"),
-        (
-            "GET",
-            "/v2/pause/blobs/sha256:../../../../etc/passwd",
-            400,
-            "NAME_INVALID",
-        ),
-        (
-            "GET",
-            "/v2/pause/blobs/sha256:..%2f..%2fetc%2fpasswd",
-            400,
-            "DIGEST_INVALID",
-        ),
-        (
-            "GET",
-            "/v2/pause/blobs/md5:d41d8cd98f00b204e9800998ecf8427e",
-            400,
-            "DIGEST_INVALID",
-        ),
-        (
-            "GET",
-            "/v2/pause/manifests/sha256:XYZ",
-            400,
-            "DIGEST_INVALID",
-        ),
+        ("GET", "/v2/pause/blobs/sha256:../../../../etc/passwd", 400, "NAME_INVALID"),
+        ("GET", "/v2/pause/blobs/sha256:..%2f..%2fetc%2fpasswd", 400, "DIGEST_INVALID"),
+        ("GET", "/v2/pause/blobs/md5:d41d8cd98f00b204e9800998ecf8427e", 400, "DIGEST_INVALID"),
+        ("GET", "/v2/pause/manifests/sha256:XYZ", 400, "DIGEST_INVALID"),
         ("DELETE", "/v2/pause/manifests/3.9", 405, "UNSUPPORTED"),
         ("PUT", "/v2/pause/manifests/3.9", 405, "UNSUPPORTED"),
         ("POST", "/v2/pause/blobs/uploads/", 405, "UNSUPPORTED"),
@@ -866,47 +540,27 @@ async fn bad_input_gets_spec_errors_and_leaves_the_store_intact() {
     for (method, path, status, code) in cases {
         let (got, body) = env.raw(method, path).await;
         assert_eq!(got, *status, "{method} {path}: {body}");
-        let v: serde_json::Value = serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}: {body:?}"));
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body:?}"));
         assert_eq!(v["errors"][0]["code"], *code, "{method} {path}");
     }
-    assert_eq!(
-        env.stored_files(),
-        before,
-        "bad requests change nothing in the store"
-    );
-    assert_eq!(
-        env.upstream.total(),
-        upstream_before,
-        "bad requests never go upstream"
-    );
+    assert_eq!(env.stored_files(), before, "bad requests change nothing in the store");
+    assert_eq!(env.upstream.total(), upstream_before, "bad requests never go upstream");
     // And the server is still healthy.
     assert_eq!(env.get("/v2/pause/manifests/3.9").await.status(), 200);
 }
 
 #[tokio::test]
 async fn a_stale_answer_does_not_refresh_the_tag() {
-    let env = Env::with(Options {
-        tag_ttl: "1s",
-        ..Default::default()
-    })
-    .await;
+    let env = Env::with(Options { tag_ttl: "1s", ..Default::default() }).await;
     env.upstream.add_image("pause", "3.9", bytes(10, 22));
     env.get("/v2/pause/manifests/3.9").await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     env.upstream.set_mode(Mode::Error500);
     assert_eq!(x_cache(&env.get("/v2/pause/manifests/3.9").await), "STALE");
-    assert_eq!(
-        x_cache(&env.get("/v2/pause/manifests/3.9").await),
-        "STALE",
-        "still unconfirmed"
-    );
+    assert_eq!(x_cache(&env.get("/v2/pause/manifests/3.9").await), "STALE", "still unconfirmed");
     env.upstream.set_mode(Mode::Normal);
-    assert_eq!(
-        x_cache(&env.get("/v2/pause/manifests/3.9").await),
-        "HIT",
-        "revalidated"
-    );
+    assert_eq!(x_cache(&env.get("/v2/pause/manifests/3.9").await), "HIT", "revalidated");
     assert_eq!(x_cache(&env.get("/v2/pause/manifests/3.9").await), "HIT");
     assert_eq!(env.upstream.count("HEAD", "/manifests/3.9"), 3);
 }

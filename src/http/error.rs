@@ -42,15 +42,8 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
-        let status = StatusCode::from_u16(code.default_status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            detail: None,
-            headers: Vec::new(),
-        }
+        let status = StatusCode::from_u16(code.default_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError { status, code, message: message.into(), detail: None, headers: Vec::new() }
     }
 
     pub fn status(mut self, status: StatusCode) -> ApiError {
@@ -69,10 +62,7 @@ impl ApiError {
     }
 
     pub fn unsupported(what: &str) -> ApiError {
-        ApiError::new(
-            ErrorCode::Unsupported,
-            format!("{what} is not supported by this mirror"),
-        )
+        ApiError::new(ErrorCode::Unsupported, format!("{what} is not supported by this mirror"))
     }
 
     /// Translates a proxy error for a request about `subject`.
@@ -82,20 +72,13 @@ impl ApiError {
             P::Routing(r) => ApiError::new(ErrorCode::NameUnknown, r.to_string()),
             P::ManifestUnknown => ApiError::new(ErrorCode::ManifestUnknown, "manifest unknown"),
             P::BlobUnknown => ApiError::new(ErrorCode::BlobUnknown, "blob unknown"),
-            P::NameUnknown => ApiError::new(
-                ErrorCode::NameUnknown,
-                "repository name not known to registry",
-            ),
+            P::NameUnknown => ApiError::new(ErrorCode::NameUnknown, "repository name not known to registry"),
             P::Upstream(u) => ApiError::from_upstream(u, subject),
-            P::Corrupt(why) => {
-                ApiError::new(subject.unknown(), "upstream content failed verification")
-                    .status(StatusCode::BAD_GATEWAY)
-                    .detail(why)
-            }
+            P::Corrupt(why) => ApiError::new(subject.unknown(), "upstream content failed verification")
+                .status(StatusCode::BAD_GATEWAY)
+                .detail(why),
             P::Storage(why) | P::Internal(why) => {
-                ApiError::new(subject.unknown(), "internal error")
-                    .status(StatusCode::INTERNAL_SERVER_ERROR)
-                    .detail(why)
+                ApiError::new(subject.unknown(), "internal error").status(StatusCode::INTERNAL_SERVER_ERROR).detail(why)
             }
         }
     }
@@ -105,21 +88,17 @@ impl ApiError {
         match e {
             U::NotFound => ApiError::new(subject.unknown(), "not found upstream"),
             U::TooManyRequests { retry_after } => {
-                let err = ApiError::new(
-                    ErrorCode::TooManyRequests,
-                    "upstream rate limit reached and nothing is cached",
-                );
+                let err =
+                    ApiError::new(ErrorCode::TooManyRequests, "upstream rate limit reached and nothing is cached");
                 match retry_after {
                     Some(r) => err.header(header::RETRY_AFTER, r),
                     None => err,
                 }
             }
-            U::Unauthorized(why) => {
-                ApiError::new(ErrorCode::Denied, "upstream denied access").detail(why)
+            U::Unauthorized(why) => ApiError::new(ErrorCode::Denied, "upstream denied access").detail(why),
+            U::Timeout(why) => {
+                ApiError::new(subject.unknown(), "upstream timed out").status(StatusCode::GATEWAY_TIMEOUT).detail(why)
             }
-            U::Timeout(why) => ApiError::new(subject.unknown(), "upstream timed out")
-                .status(StatusCode::GATEWAY_TIMEOUT)
-                .detail(why),
             e => ApiError::new(subject.unknown(), "upstream unavailable")
                 .status(StatusCode::BAD_GATEWAY)
                 .detail(e.to_string()),
@@ -131,12 +110,9 @@ impl From<RouteError> for ApiError {
     fn from(e: RouteError) -> ApiError {
         match e {
             RouteError::NotFound => {
-                ApiError::new(ErrorCode::NameUnknown, "not a registry API path")
-                    .status(StatusCode::NOT_FOUND)
+                ApiError::new(ErrorCode::NameUnknown, "not a registry API path").status(StatusCode::NOT_FOUND)
             }
-            RouteError::NameInvalid(n) => {
-                ApiError::new(ErrorCode::NameInvalid, "invalid repository name").detail(n)
-            }
+            RouteError::NameInvalid(n) => ApiError::new(ErrorCode::NameInvalid, "invalid repository name").detail(n),
             RouteError::ReferenceInvalid(r) => {
                 ApiError::new(ErrorCode::NameInvalid, "invalid tag or reference").detail(r)
             }
@@ -157,12 +133,7 @@ impl IntoResponse for ApiError {
             entry["detail"] = serde_json::Value::String(d.clone());
         }
         let body = serde_json::json!({ "errors": [entry] }).to_string();
-        let mut resp = (
-            self.status,
-            [(header::CONTENT_TYPE, "application/json")],
-            body,
-        )
-            .into_response();
+        let mut resp = (self.status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
         for (name, value) in self.headers {
             if let Ok(v) = HeaderValue::from_str(&value) {
                 resp.headers_mut().insert(name, v);
@@ -182,23 +153,11 @@ mod tests {
 
     #[test]
     fn route_errors() {
-        assert_eq!(
-            status_code(RouteError::NameInvalid("..".into()).into()),
-            (400, "NAME_INVALID")
-        );
-        assert_eq!(
-            status_code(RouteError::ReferenceInvalid("..".into()).into()),
-            (400, "NAME_INVALID")
-        );
+        assert_eq!(status_code(RouteError::NameInvalid("..".into()).into()), (400, "NAME_INVALID"));
+        assert_eq!(status_code(RouteError::ReferenceInvalid("..".into()).into()), (400, "NAME_INVALID"));
         let d = "sha256:x".parse::<crate::oci::Digest>().unwrap_err();
-        assert_eq!(
-            status_code(RouteError::DigestInvalid(d).into()),
-            (400, "DIGEST_INVALID")
-        );
-        assert_eq!(
-            status_code(RouteError::NotFound.into()),
-            (404, "NAME_UNKNOWN")
-        );
+        assert_eq!(status_code(RouteError::DigestInvalid(d).into()), (400, "DIGEST_INVALID"));
+        assert_eq!(status_code(RouteError::NotFound.into()), (404, "NAME_UNKNOWN"));
     }
 
     #[test]
@@ -210,32 +169,21 @@ mod tests {
         assert_eq!(m(P::Upstream(U::NotFound)), (404, "MANIFEST_UNKNOWN"));
         assert_eq!(b(P::Upstream(U::NotFound)), (404, "BLOB_UNKNOWN"));
         assert_eq!(b(P::BlobUnknown), (404, "BLOB_UNKNOWN"));
-        assert_eq!(
-            m(P::Upstream(U::TooManyRequests { retry_after: None })),
-            (429, "TOOMANYREQUESTS")
-        );
+        assert_eq!(m(P::Upstream(U::TooManyRequests { retry_after: None })), (429, "TOOMANYREQUESTS"));
         assert_eq!(m(P::Upstream(U::Status(503))), (502, "MANIFEST_UNKNOWN"));
-        assert_eq!(
-            b(P::Upstream(U::Timeout("t".into()))),
-            (504, "BLOB_UNKNOWN")
-        );
+        assert_eq!(b(P::Upstream(U::Timeout("t".into()))), (504, "BLOB_UNKNOWN"));
         assert_eq!(m(P::Upstream(U::Unauthorized("x".into()))), (403, "DENIED"));
         assert_eq!(b(P::Corrupt("x".into())), (502, "BLOB_UNKNOWN"));
         assert_eq!(m(P::Storage("disk".into())), (500, "MANIFEST_UNKNOWN"));
         let unknown = P::Routing(proxy::routing::RoutingError::UnknownUpstream("x.io".into()));
         assert_eq!(m(unknown), (404, "NAME_UNKNOWN"));
-        assert_eq!(
-            status_code(ApiError::from_proxy(P::NameUnknown, Subject::Repository)),
-            (404, "NAME_UNKNOWN")
-        );
+        assert_eq!(status_code(ApiError::from_proxy(P::NameUnknown, Subject::Repository)), (404, "NAME_UNKNOWN"));
     }
 
     #[test]
     fn retry_after_is_passed_through() {
         let e = ApiError::from_proxy(
-            proxy::Error::Upstream(upstream::Error::TooManyRequests {
-                retry_after: Some("30".into()),
-            }),
+            proxy::Error::Upstream(upstream::Error::TooManyRequests { retry_after: Some("30".into()) }),
             Subject::Manifest,
         );
         let resp = e.into_response();

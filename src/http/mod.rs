@@ -35,8 +35,7 @@ async fn handle(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
-    resp.headers_mut()
-        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    resp.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
     resp
 }
 
@@ -68,26 +67,18 @@ async fn dispatch(proxy: &Proxy, req: Request) -> Result<Response, ApiError> {
     let params = Params::parse(req.uri().query());
     let method = req.method();
     if method != Method::GET && method != Method::HEAD {
-        let what = if matches!(route, V2Route::Upload { .. }) {
-            "pushing"
-        } else {
-            "this method"
-        };
+        let what = if matches!(route, V2Route::Upload { .. }) { "pushing" } else { "this method" };
         return Err(ApiError::unsupported(what));
     }
     let head = method == Method::HEAD;
     let route_key = |name: &RepoName, subject| {
-        proxy
-            .route(name, params.ns.as_deref())
-            .map_err(|e| ApiError::from_proxy(e, subject))
+        proxy.route(name, params.ns.as_deref()).map_err(|e| ApiError::from_proxy(e, subject))
     };
     match route {
         V2Route::Base => Ok(([(header::CONTENT_TYPE, "application/json")], "{}").into_response()),
         V2Route::Catalog => Err(ApiError::unsupported("the catalog")),
         V2Route::Upload { .. } => Err(ApiError::unsupported("pushing")),
-        V2Route::Referrers { .. } => {
-            Err(ApiError::unsupported("the referrers API").status(StatusCode::NOT_FOUND))
-        }
+        V2Route::Referrers { .. } => Err(ApiError::unsupported("the referrers API").status(StatusCode::NOT_FOUND)),
         V2Route::Manifest { name, reference } => {
             let key = route_key(&name, Subject::Manifest)?;
             manifest(proxy, &key, &reference, head).await
@@ -104,8 +95,7 @@ async fn dispatch(proxy: &Proxy, req: Request) -> Result<Response, ApiError> {
 }
 
 fn hv(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s)
-        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
 }
 
 fn content_headers(h: &mut HeaderMap, digest: &Digest, cache: CacheStatus) {
@@ -115,25 +105,13 @@ fn content_headers(h: &mut HeaderMap, digest: &Digest, cache: CacheStatus) {
     h.insert(X_CACHE, HeaderValue::from_static(cache.as_str()));
 }
 
-async fn manifest(
-    proxy: &Proxy,
-    key: &RepoKey,
-    reference: &Reference,
-    head: bool,
-) -> Result<Response, ApiError> {
-    let (m, cache) = proxy
-        .manifest(key, reference)
-        .await
-        .map_err(|e| ApiError::from_proxy(e, Subject::Manifest))?;
+async fn manifest(proxy: &Proxy, key: &RepoKey, reference: &Reference, head: bool) -> Result<Response, ApiError> {
+    let (m, cache) = proxy.manifest(key, reference).await.map_err(|e| ApiError::from_proxy(e, Subject::Manifest))?;
     Ok(manifest_response(&m, cache, head))
 }
 
 fn manifest_response(m: &StoredManifest, cache: CacheStatus, head: bool) -> Response {
-    let body = if head {
-        Body::empty()
-    } else {
-        Body::from(m.body.clone())
-    };
+    let body = if head { Body::empty() } else { Body::from(m.body.clone()) };
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, hv(&m.media_type));
@@ -151,42 +129,27 @@ async fn blob(
 ) -> Result<Response, ApiError> {
     let fail = |e| ApiError::from_proxy(e, Subject::Blob);
     let mut reply = proxy.blob(key, digest, head).await.map_err(fail)?;
-    let range = if head {
-        None
-    } else {
-        req.get(header::RANGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(range::parse)
-    };
+    let range = if head { None } else { req.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(range::parse) };
     let mut status = StatusCode::OK;
     let (mut start, mut end, mut length) = (0, None, reply.size);
     let mut content_range = None;
     if let Some(spec) = range {
         let size = reply.known_size().await.map_err(fail)?.unwrap_or(0);
         let Some((s, e)) = range::resolve(spec, size) else {
-            return Err(
-                ApiError::new(ErrorCode::SizeInvalid, "requested range not satisfiable")
-                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
-                    .header(header::CONTENT_RANGE, format!("bytes */{size}")),
-            );
+            return Err(ApiError::new(ErrorCode::SizeInvalid, "requested range not satisfiable")
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{size}")));
         };
         status = StatusCode::PARTIAL_CONTENT;
         (start, end, length) = (s, Some(e), Some(e - s));
         content_range = Some(format!("bytes {s}-{}/{size}", e - 1));
     }
     let cache = reply.cache;
-    let body = if head {
-        Body::empty()
-    } else {
-        Body::from_stream(reply.stream(start, end))
-    };
+    let body = if head { Body::empty() } else { Body::from_stream(reply.stream(start, end)) };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Some(len) = length {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
@@ -198,12 +161,7 @@ async fn blob(
     Ok(resp)
 }
 
-async fn tags_list(
-    proxy: &Proxy,
-    key: &RepoKey,
-    name: &RepoName,
-    params: &Params,
-) -> Result<Response, ApiError> {
+async fn tags_list(proxy: &Proxy, key: &RepoKey, name: &RepoName, params: &Params) -> Result<Response, ApiError> {
     let n = match params.n.as_deref() {
         None => None,
         Some(v) => Some(v.parse::<usize>().map_err(|_| {
@@ -212,10 +170,7 @@ async fn tags_list(
                 .detail(v.to_string())
         })?),
     };
-    let tags = proxy
-        .tags(key)
-        .await
-        .map_err(|e| ApiError::from_proxy(e, Subject::Repository))?;
+    let tags = proxy.tags(key).await.map_err(|e| ApiError::from_proxy(e, Subject::Repository))?;
     let (page, next) = paginate(&tags, n, params.last.as_deref());
     let body = serde_json::json!({ "name": name.as_str(), "tags": page }).to_string();
     let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
@@ -233,11 +188,7 @@ async fn tags_list(
 
 /// One page of a sorted tag list: tags after `last` (exclusive), at most
 /// `n`; and the tag to continue after when more remain.
-fn paginate<'a>(
-    tags: &'a [String],
-    n: Option<usize>,
-    last: Option<&str>,
-) -> (&'a [String], Option<&'a str>) {
+fn paginate<'a>(tags: &'a [String], n: Option<usize>, last: Option<&str>) -> (&'a [String], Option<&'a str>) {
     let start = last.map_or(0, |l| tags.partition_point(|t| t.as_str() <= l));
     let rest = &tags[start..];
     match n {

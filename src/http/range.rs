@@ -81,10 +81,7 @@ mod tests {
     #[test]
     fn resolves_against_size() {
         assert_eq!(resolve(RangeSpec::Bounded(0, 99), 1000), Some((0, 100)));
-        assert_eq!(
-            resolve(RangeSpec::Bounded(900, 5000), 1000),
-            Some((900, 1000))
-        );
+        assert_eq!(resolve(RangeSpec::Bounded(900, 5000), 1000), Some((900, 1000)));
         assert_eq!(resolve(RangeSpec::Bounded(1000, 1001), 1000), None);
         assert_eq!(resolve(RangeSpec::From(999), 1000), Some((999, 1000)));
         assert_eq!(resolve(RangeSpec::From(1000), 1000), None);

@@ -33,9 +33,7 @@ impl Digest {
     /// Computes the digest of a complete byte slice (manifests; blobs are
     /// hashed incrementally with [`Verifier`]).
     pub fn of(bytes: &[u8]) -> Digest {
-        Digest {
-            hex: hex::encode(Sha256::digest(bytes)),
-        }
+        Digest { hex: hex::encode(Sha256::digest(bytes)) }
     }
 
     /// The 64 hex characters, without the algorithm prefix.
@@ -58,25 +56,16 @@ impl FromStr for Digest {
             return Err(DigestError::Malformed);
         }
         // Grammar from the OCI image spec: algorithm-component [+._-] separated.
-        if !alg
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
-        {
+        if !alg.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b)) {
             return Err(DigestError::Malformed);
         }
         if alg != "sha256" {
             return Err(DigestError::UnsupportedAlgorithm(alg.to_string()));
         }
-        if hex.len() != 64
-            || !hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(DigestError::BadHex);
         }
-        Ok(Digest {
-            hex: hex.to_string(),
-        })
+        Ok(Digest { hex: hex.to_string() })
     }
 }
 
@@ -107,10 +96,7 @@ impl Default for Verifier {
 
 impl Verifier {
     pub fn new() -> Self {
-        Verifier {
-            hasher: Sha256::new(),
-            len: 0,
-        }
+        Verifier { hasher: Sha256::new(), len: 0 }
     }
 
     pub fn update(&mut self, chunk: &[u8]) {
@@ -129,9 +115,7 @@ impl Verifier {
 
     /// Finishes hashing and returns the digest of everything seen.
     pub fn finish(self) -> Digest {
-        Digest {
-            hex: hex::encode(self.hasher.finalize()),
-        }
+        Digest { hex: hex::encode(self.hasher.finalize()) }
     }
 }
 
@@ -165,10 +149,7 @@ mod tests {
         ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad:?} must be rejected");
         }
-        assert_eq!(
-            "sha512:abcd".parse::<Digest>(),
-            Err(DigestError::UnsupportedAlgorithm("sha512".into()))
-        );
+        assert_eq!("sha512:abcd".parse::<Digest>(), Err(DigestError::UnsupportedAlgorithm("sha512".into())));
     }
 
     #[test]

@@ -50,34 +50,18 @@ mod tests {
     #[test]
     fn sniffs_media_type() {
         assert_eq!(
-            sniff(br#"{"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#)
-                .as_deref(),
+            sniff(br#"{"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#).as_deref(),
             Some(DOCKER_MANIFEST_V2)
         );
-        assert_eq!(
-            sniff(br#"{"schemaVersion":2,"manifests":[]}"#).as_deref(),
-            Some(OCI_INDEX)
-        );
-        assert_eq!(
-            sniff(br#"{"schemaVersion":2,"layers":[]}"#).as_deref(),
-            Some(OCI_MANIFEST)
-        );
+        assert_eq!(sniff(br#"{"schemaVersion":2,"manifests":[]}"#).as_deref(), Some(OCI_INDEX));
+        assert_eq!(sniff(br#"{"schemaVersion":2,"layers":[]}"#).as_deref(), Some(OCI_MANIFEST));
         assert_eq!(sniff(b"not json"), None);
     }
 
     #[test]
     fn upstream_content_type_wins_over_sniffing() {
-        assert_eq!(
-            resolve(
-                Some("application/vnd.oci.image.index.v1+json; charset=utf-8"),
-                b"{}"
-            ),
-            OCI_INDEX
-        );
-        assert_eq!(
-            resolve(Some("application/json"), br#"{"manifests":[]}"#),
-            OCI_INDEX
-        );
+        assert_eq!(resolve(Some("application/vnd.oci.image.index.v1+json; charset=utf-8"), b"{}"), OCI_INDEX);
+        assert_eq!(resolve(Some("application/json"), br#"{"manifests":[]}"#), OCI_INDEX);
         assert_eq!(resolve(None, b"{}"), OCI_MANIFEST);
     }
 }

@@ -141,9 +141,7 @@ impl FromStr for Tag {
         let ok = !b.is_empty()
             && b.len() <= 128
             && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-            && b[1..]
-                .iter()
-                .all(|&c| c.is_ascii_alphanumeric() || b"._-".contains(&c));
+            && b[1..].iter().all(|&c| c.is_ascii_alphanumeric() || b"._-".contains(&c));
         if ok {
             Ok(Tag(s.to_string()))
         } else {
@@ -281,42 +279,20 @@ mod tests {
 
     #[test]
     fn tags_follow_the_grammar() {
-        for ok in [
-            "v1.18.20-lts.2",
-            "latest",
-            "3.9",
-            "_x",
-            "V1",
-            &"a".repeat(128),
-        ] {
+        for ok in ["v1.18.20-lts.2", "latest", "3.9", "_x", "V1", &"a".repeat(128)] {
             assert!(ok.parse::<Tag>().is_ok(), "{ok:?} must be a tag");
         }
-        for bad in [
-            "",
-            ".hidden",
-            "..",
-            "-x",
-            "a/b",
-            "a:b",
-            &"a".repeat(129),
-            "a%2f",
-        ] {
+        for bad in ["", ".hidden", "..", "-x", "a/b", "a:b", &"a".repeat(129), "a%2f"] {
             assert!(bad.parse::<Tag>().is_err(), "{bad:?} must not be a tag");
         }
     }
 
     #[test]
     fn references_are_tags_or_digests() {
-        assert!(matches!(
-            "v1.30.0".parse::<Reference>(),
-            Ok(Reference::Tag(_))
-        ));
+        assert!(matches!("v1.30.0".parse::<Reference>(), Ok(Reference::Tag(_))));
         let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
         assert!(matches!(d.parse::<Reference>(), Ok(Reference::Digest(_))));
-        assert!(matches!(
-            "sha256:zz".parse::<Reference>(),
-            Err(NameError::InvalidDigest(_))
-        ));
+        assert!(matches!("sha256:zz".parse::<Reference>(), Err(NameError::InvalidDigest(_))));
     }
 
     #[test]

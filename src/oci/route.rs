@@ -17,10 +17,7 @@ pub enum V2Route {
     /// `/v2/_catalog`: not offered by a mirror.
     Catalog,
     /// `/v2/<name>/manifests/<reference>`
-    Manifest {
-        name: RepoName,
-        reference: Reference,
-    },
+    Manifest { name: RepoName, reference: Reference },
     /// `/v2/<name>/blobs/<digest>`
     Blob { name: RepoName, digest: Digest },
     /// `/v2/<name>/blobs/uploads/...`: the push API.
@@ -66,9 +63,7 @@ fn name(components: &[&str]) -> Result<RepoName, RouteError> {
 /// `:` in practice, but decoding it is harmless because the result is then
 /// checked against the tag/digest grammar, which admits neither `/` nor `%`.
 fn segment(s: &str) -> String {
-    percent_encoding::percent_decode_str(s)
-        .decode_utf8_lossy()
-        .into_owned()
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
 /// Parses a raw request path.
@@ -84,43 +79,28 @@ pub fn parse(path: &str) -> Result<V2Route, RouteError> {
     let n = parts.len();
     // Every endpoint below has at least one name component plus two more.
     if n < 3 {
-        return Err(if rest.is_empty() {
-            RouteError::NotFound
-        } else {
-            RouteError::NameInvalid(rest.into())
-        });
+        return Err(if rest.is_empty() { RouteError::NotFound } else { RouteError::NameInvalid(rest.into()) });
     }
     let (head, tail2) = parts.split_at(n - 2);
     match (tail2[0], tail2[1]) {
         ("tags", "list") => Ok(V2Route::TagsList { name: name(head)? }),
         ("manifests", r) => {
             let name = name(head)?;
-            Ok(V2Route::Manifest {
-                name,
-                reference: segment(r).parse()?,
-            })
+            Ok(V2Route::Manifest { name, reference: segment(r).parse()? })
         }
         ("blobs", "uploads") => Ok(V2Route::Upload { name: name(head)? }),
         ("blobs", d) => {
             let name = name(head)?;
-            Ok(V2Route::Blob {
-                name,
-                digest: segment(d).parse()?,
-            })
+            Ok(V2Route::Blob { name, digest: segment(d).parse()? })
         }
         ("referrers", d) => {
             let name = name(head)?;
-            Ok(V2Route::Referrers {
-                name,
-                digest: segment(d).parse()?,
-            })
+            Ok(V2Route::Referrers { name, digest: segment(d).parse()? })
         }
         _ => {
             // `/v2/<name>/blobs/uploads/<uuid>` and `/v2/<name>/blobs/uploads/`.
             if n >= 4 && parts[n - 2] == "uploads" && parts[n - 3] == "blobs" {
-                return Ok(V2Route::Upload {
-                    name: name(&parts[..n - 3])?,
-                });
+                return Ok(V2Route::Upload { name: name(&parts[..n - 3])? });
             }
             // Validate the name anyway, so traversal attempts get NAME_INVALID.
             name(&parts[..n - 2])?;
@@ -156,27 +136,12 @@ mod tests {
         }
         assert!(matches!(
             parse(&format!("/v2/pause/manifests/{D}")),
-            Ok(V2Route::Manifest {
-                reference: Reference::Digest(_),
-                ..
-            })
+            Ok(V2Route::Manifest { reference: Reference::Digest(_), .. })
         ));
-        assert!(matches!(
-            parse("/v2/library/busybox/tags/list"),
-            Ok(V2Route::TagsList { .. })
-        ));
-        assert!(matches!(
-            parse("/v2/a/blobs/uploads/"),
-            Ok(V2Route::Upload { .. })
-        ));
-        assert!(matches!(
-            parse("/v2/a/b/blobs/uploads/123-abc"),
-            Ok(V2Route::Upload { .. })
-        ));
-        assert!(matches!(
-            parse(&format!("/v2/a/referrers/{D}")),
-            Ok(V2Route::Referrers { .. })
-        ));
+        assert!(matches!(parse("/v2/library/busybox/tags/list"), Ok(V2Route::TagsList { .. })));
+        assert!(matches!(parse("/v2/a/blobs/uploads/"), Ok(V2Route::Upload { .. })));
+        assert!(matches!(parse("/v2/a/b/blobs/uploads/123-abc"), Ok(V2Route::Upload { .. })));
+        assert!(matches!(parse(&format!("/v2/a/referrers/{D}")), Ok(V2Route::Referrers { .. })));
     }
 
     #[test]
@@ -205,36 +170,17 @@ mod tests {
             "/v2/UPPER/manifests/latest",
             "/v2/a/../../etc/passwd",
         ] {
-            assert!(
-                matches!(parse(p), Err(RouteError::NameInvalid(_))),
-                "{p}: {:?}",
-                parse(p)
-            );
+            assert!(matches!(parse(p), Err(RouteError::NameInvalid(_))), "{p}: {:?}", parse(p));
         }
     }
 
     #[test]
     fn bad_references_and_digests() {
-        assert!(matches!(
-            parse("/v2/a/blobs/sha256:abc"),
-            Err(RouteError::DigestInvalid(_))
-        ));
-        assert!(matches!(
-            parse("/v2/a/blobs/latest"),
-            Err(RouteError::DigestInvalid(_))
-        ));
-        assert!(matches!(
-            parse("/v2/a/manifests/..%2f..%2fx"),
-            Err(RouteError::ReferenceInvalid(_))
-        ));
-        assert!(matches!(
-            parse("/v2/a/manifests/%2e%2e"),
-            Err(RouteError::ReferenceInvalid(_))
-        ));
-        assert!(matches!(
-            parse("/v2/a/manifests/md5:abc"),
-            Err(RouteError::DigestInvalid(_))
-        ));
+        assert!(matches!(parse("/v2/a/blobs/sha256:abc"), Err(RouteError::DigestInvalid(_))));
+        assert!(matches!(parse("/v2/a/blobs/latest"), Err(RouteError::DigestInvalid(_))));
+        assert!(matches!(parse("/v2/a/manifests/..%2f..%2fx"), Err(RouteError::ReferenceInvalid(_))));
+        assert!(matches!(parse("/v2/a/manifests/%2e%2e"), Err(RouteError::ReferenceInvalid(_))));
+        assert!(matches!(parse("/v2/a/manifests/md5:abc"), Err(RouteError::DigestInvalid(_))));
     }
 
     #[test]

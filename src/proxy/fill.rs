@@ -103,18 +103,11 @@ pub struct Fills {
 
 impl Fills {
     pub fn get(&self, d: &Digest) -> Option<Arc<Fill>> {
-        self.inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(d)
-            .cloned()
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).get(d).cloned()
     }
 
     pub fn len(&self) -> usize {
-        self.inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -122,12 +115,7 @@ impl Fills {
     }
 
     /// Joins the fill for `d`, or starts one with `fetch` as its source.
-    pub fn join_or_start<F, Fut>(
-        self: &Arc<Self>,
-        d: &Digest,
-        store: &Arc<Store>,
-        fetch: F,
-    ) -> Result<Arc<Fill>, Error>
+    pub fn join_or_start<F, Fut>(self: &Arc<Self>, d: &Digest, store: &Arc<Store>, fetch: F) -> Result<Arc<Fill>, Error>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<BlobBody, upstream::Error>> + Send + 'static,
@@ -136,25 +124,14 @@ impl Fills {
         if let Some(f) = map.get(d) {
             return Ok(f.clone());
         }
-        let (spool, file) = store
-            .create_spool()
-            .map_err(|e| Error::Storage(format!("cannot create spool file: {e}")))?;
+        let (spool, file) =
+            store.create_spool().map_err(|e| Error::Storage(format!("cannot create spool file: {e}")))?;
         let file = Arc::new(file);
         let (tx, rx) = watch::channel(FillState::default());
-        let fill = Arc::new(Fill {
-            digest: d.clone(),
-            file: file.clone(),
-            state: rx,
-        });
+        let fill = Arc::new(Fill { digest: d.clone(), file: file.clone(), state: rx });
         map.insert(d.clone(), fill.clone());
-        let job = Job {
-            fills: self.clone(),
-            store: store.clone(),
-            digest: d.clone(),
-            spool,
-            file,
-            state: Arc::new(tx),
-        };
+        let job =
+            Job { fills: self.clone(), store: store.clone(), digest: d.clone(), spool, file, state: Arc::new(tx) };
         tokio::spawn(job.run(fetch()));
         Ok(fill)
     }
@@ -174,16 +151,10 @@ impl Job {
         let result = self.download(fetch).await;
         match result {
             Ok(()) => {
-                let (store, d, spool, file) = (
-                    self.store.clone(),
-                    self.digest.clone(),
-                    self.spool.clone(),
-                    self.file.clone(),
-                );
-                let committed = tokio::task::spawn_blocking(move || {
-                    store.commit_spool_blocking(&d, &spool, &file)
-                })
-                .await;
+                let (store, d, spool, file) =
+                    (self.store.clone(), self.digest.clone(), self.spool.clone(), self.file.clone());
+                let committed =
+                    tokio::task::spawn_blocking(move || store.commit_spool_blocking(&d, &spool, &file)).await;
                 match committed {
                     Ok(Ok(())) => tracing::debug!(digest = %self.digest, "blob committed"),
                     Ok(Err(e)) => {
@@ -202,24 +173,14 @@ impl Job {
         let _ = std::fs::remove_file(&self.spool);
         // Removed only now: until here, the map (not the store) is where a
         // new request finds this blob.
-        let mut map = self
-            .fills
-            .inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if map
-            .get(&self.digest)
-            .is_some_and(|f| Arc::ptr_eq(&f.file, &self.file))
-        {
+        let mut map = self.fills.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(&self.digest).is_some_and(|f| Arc::ptr_eq(&f.file, &self.file)) {
             map.remove(&self.digest);
         }
     }
 
     /// Streams upstream into the spool file and verifies it.
-    async fn download(
-        &self,
-        fetch: impl Future<Output = Result<BlobBody, upstream::Error>>,
-    ) -> Result<(), Error> {
+    async fn download(&self, fetch: impl Future<Output = Result<BlobBody, upstream::Error>>) -> Result<(), Error> {
         let body = fetch.await.map_err(Error::Upstream)?;
         let announced = body.size;
         self.state.send_modify(|s| {
@@ -279,17 +240,11 @@ impl Job {
         }
         let got = verifier.len();
         if announced.is_some_and(|n| n != got) {
-            return Err(Error::Corrupt(format!(
-                "upstream sent {got} bytes of {} announced",
-                announced.unwrap_or(0)
-            )));
+            return Err(Error::Corrupt(format!("upstream sent {got} bytes of {} announced", announced.unwrap_or(0))));
         }
         let actual = verifier.finish();
         if actual != self.digest {
-            return Err(Error::Corrupt(format!(
-                "upstream body hashes to {actual}, not {}",
-                self.digest
-            )));
+            return Err(Error::Corrupt(format!("upstream body hashes to {actual}, not {}", self.digest)));
         }
         self.state.send_modify(|s| {
             s.size = Some(got);
@@ -347,11 +302,7 @@ impl Fill {
                         if let Some(e) = &s.error {
                             return Err(io::Error::other(e.clone()));
                         }
-                        let released = if s.verified {
-                            s.written
-                        } else {
-                            s.written.saturating_sub(1)
-                        };
+                        let released = if s.verified { s.written } else { s.written.saturating_sub(1) };
                         let end = end.or(if s.verified { Some(s.written) } else { s.size });
                         if end.is_some_and(|e| pos >= e) {
                             return Ok(None);
@@ -367,11 +318,9 @@ impl Fill {
                     if pos < stop {
                         let want = (stop - pos).min(storage::READ_CHUNK as u64) as usize;
                         let file = fill.file.clone();
-                        let chunk = tokio::task::spawn_blocking(move || {
-                            storage::read_exact_at(&file, pos, want)
-                        })
-                        .await
-                        .map_err(io::Error::other)??;
+                        let chunk = tokio::task::spawn_blocking(move || storage::read_exact_at(&file, pos, want))
+                            .await
+                            .map_err(io::Error::other)??;
                         return Ok(Some((chunk, (pos + want as u64, rx))));
                     }
                     if closed || finished {
@@ -398,11 +347,7 @@ mod tests {
 
     fn store() -> (Arc<Store>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = StorageConfig {
-            backend: Backend::Memory,
-            spool_path: Some(dir.path().into()),
-            ..Default::default()
-        };
+        let cfg = StorageConfig { backend: Backend::Memory, spool_path: Some(dir.path().into()), ..Default::default() };
         (Arc::new(Store::open(&cfg).unwrap()), dir)
     }
 
@@ -446,12 +391,8 @@ mod tests {
         let data = b"hello, streaming world".to_vec();
         let d = Digest::of(&data);
         let (tx, body) = body(Some(data.len() as u64));
-        let fill = fills
-            .join_or_start(&d, &store, || async move { Ok(body) })
-            .unwrap();
-        tx.send(Ok(Bytes::copy_from_slice(&data[..10])))
-            .await
-            .unwrap();
+        let fill = fills.join_or_start(&d, &store, || async move { Ok(body) }).unwrap();
+        tx.send(Ok(Bytes::copy_from_slice(&data[..10]))).await.unwrap();
         assert_eq!(fill.wait_started().await.unwrap(), Some(data.len() as u64));
         let mut s = fill.stream(0, None);
         let first = tokio::time::timeout(Duration::from_secs(5), s.next())
@@ -461,9 +402,7 @@ mod tests {
             .unwrap();
         assert_eq!(&first[..], &data[..first.len()]);
         assert!(first.len() < data.len());
-        tx.send(Ok(Bytes::copy_from_slice(&data[10..])))
-            .await
-            .unwrap();
+        tx.send(Ok(Bytes::copy_from_slice(&data[10..]))).await.unwrap();
         drop(tx);
         let rest = collect(s).await.unwrap();
         assert_eq!([&first[..], &rest[..]].concat(), data);
@@ -484,19 +423,12 @@ mod tests {
         let fills = Arc::new(Fills::default());
         let d = Digest::of(b"the real bytes");
         let (tx, body) = body(Some(14));
-        let fill = fills
-            .join_or_start(&d, &store, || async move { Ok(body) })
-            .unwrap();
+        let fill = fills.join_or_start(&d, &store, || async move { Ok(body) }).unwrap();
         let reader = tokio::spawn(collect(fill.stream(0, None)));
-        tx.send(Ok(Bytes::from_static(b"the evil bytes")))
-            .await
-            .unwrap();
+        tx.send(Ok(Bytes::from_static(b"the evil bytes"))).await.unwrap();
         drop(tx);
         let got = reader.await.unwrap();
-        assert!(
-            got.is_err(),
-            "a reader must not complete with wrong bytes: {got:?}"
-        );
+        assert!(got.is_err(), "a reader must not complete with wrong bytes: {got:?}");
         assert!(matches!(fill.wait_verified().await, Err(Error::Corrupt(_))));
         assert!(store.open_blob(&d).await.unwrap().is_none());
     }
@@ -507,9 +439,7 @@ mod tests {
         let fills = Arc::new(Fills::default());
         let d = Digest::of(b"0123456789");
         let (tx, body) = body(Some(10));
-        let fill = fills
-            .join_or_start(&d, &store, || async move { Ok(body) })
-            .unwrap();
+        let fill = fills.join_or_start(&d, &store, || async move { Ok(body) }).unwrap();
         tx.send(Ok(Bytes::from_static(b"01234"))).await.unwrap();
         drop(tx);
         assert!(collect(fill.stream(0, None)).await.is_err());
@@ -535,9 +465,7 @@ mod tests {
                     async move { Ok(b) }
                 })
                 .unwrap();
-            readers.push(tokio::spawn(collect(
-                fill.stream(i * 1000, Some(i * 1000 + 2_000_000)),
-            )));
+            readers.push(tokio::spawn(collect(fill.stream(i * 1000, Some(i * 1000 + 2_000_000)))));
         }
         assert_eq!(calls, 1);
         for c in data.chunks(100_000) {
@@ -546,10 +474,7 @@ mod tests {
         drop(tx);
         for (i, r) in readers.into_iter().enumerate() {
             let i = i as usize;
-            assert_eq!(
-                r.await.unwrap().unwrap(),
-                data[i * 1000..i * 1000 + 2_000_000]
-            );
+            assert_eq!(r.await.unwrap().unwrap(), data[i * 1000..i * 1000 + 2_000_000]);
         }
     }
 
@@ -564,16 +489,8 @@ mod tests {
                 Err(upstream::Error::NotFound)
             })
             .unwrap();
-        let again = fills
-            .join_or_start(&d, &store, || async { panic!("must join, not start") })
-            .unwrap();
-        assert_eq!(
-            fill.wait_started().await.unwrap_err(),
-            Error::Upstream(upstream::Error::NotFound)
-        );
-        assert_eq!(
-            again.wait_started().await.unwrap_err(),
-            Error::Upstream(upstream::Error::NotFound)
-        );
+        let again = fills.join_or_start(&d, &store, || async { panic!("must join, not start") }).unwrap();
+        assert_eq!(fill.wait_started().await.unwrap_err(), Error::Upstream(upstream::Error::NotFound));
+        assert_eq!(again.wait_started().await.unwrap_err(), Error::Upstream(upstream::Error::NotFound));
     }
 }

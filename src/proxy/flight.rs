@@ -25,10 +25,7 @@ pub struct Group<K, T, E> {
 
 impl<K, T, E> Default for Group<K, T, E> {
     fn default() -> Self {
-        Group {
-            inflight: Mutex::new(HashMap::new()),
-            next_id: Default::default(),
-        }
+        Group { inflight: Mutex::new(HashMap::new()), next_id: Default::default() }
     }
 }
 
@@ -50,9 +47,7 @@ where
             if let Some((_, f)) = map.get(&key) {
                 f.clone()
             } else {
-                let id = self
-                    .next_id
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let this = Arc::clone(self);
                 let k = key.clone();
                 let fut = work();
@@ -60,11 +55,7 @@ where
                 // own removal below cannot run before the insertion.
                 let task = tokio::spawn(async move {
                     // Removes the entry however the work ends, panics included.
-                    let _leave = Leave {
-                        group: this,
-                        key: Some(k),
-                        id,
-                    };
+                    let _leave = Leave { group: this, key: Some(k), id };
                     fut.await
                 });
                 let shared = async move { task.await.map_err(E::from)? }.boxed().shared();
@@ -77,10 +68,7 @@ where
 
     /// Number of runs in flight (for tests and metrics).
     pub fn len(&self) -> usize {
-        self.inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -97,11 +85,7 @@ struct Leave<K: Hash + Eq, T, E> {
 impl<K: Hash + Eq, T, E> Drop for Leave<K, T, E> {
     fn drop(&mut self) {
         let Some(key) = self.key.take() else { return };
-        let mut map = self
-            .group
-            .inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut map = self.group.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if map.get(&key).is_some_and(|(eid, _)| *eid == self.id) {
             map.remove(&key);
         }
@@ -180,11 +164,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(10)).await;
         caller.abort();
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(
-            done.load(Ordering::SeqCst),
-            1,
-            "work completed although its caller was cancelled"
-        );
+        assert_eq!(done.load(Ordering::SeqCst), 1, "work completed although its caller was cancelled");
         assert!(g.is_empty());
     }
 

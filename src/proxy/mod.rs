@@ -24,9 +24,7 @@ use self::flight::Group;
 use self::routing::{RoutingError, RoutingTable};
 use crate::config::Config;
 use crate::oci::{media, Digest, Reference, RepoKey, RepoName, Tag};
-use crate::storage::{
-    self, now_secs, BlobHandle, ByteStream, Class, Store, StoredManifest, TagLink,
-};
+use crate::storage::{self, now_secs, BlobHandle, ByteStream, Class, Store, StoredManifest, TagLink};
 use crate::upstream::{self, Upstream};
 
 /// How long a published/pinned tag lookup is trusted in memory. Publishing
@@ -177,11 +175,7 @@ impl Proxy {
             upstreams,
             offline: cfg.cache.offline,
             tag_ttl: cfg.cache.tag_ttl,
-            manifests: Arc::new(Cache::with_weighter(
-                (budget / 4096).max(16) as usize,
-                budget,
-                ManifestWeighter,
-            )),
+            manifests: Arc::new(Cache::with_weighter((budget / 4096).max(16) as usize, budget, ManifestWeighter)),
             tags: Arc::new(Cache::new(100_000)),
             tag_flights: Arc::default(),
             manifest_flights: Arc::default(),
@@ -203,9 +197,10 @@ impl Proxy {
     }
 
     fn upstream(&self, key: &RepoKey) -> Result<Arc<Upstream>> {
-        self.upstreams.get(key.upstream()).cloned().ok_or_else(|| {
-            Error::Routing(RoutingError::UnknownUpstream(key.upstream().to_string()))
-        })
+        self.upstreams
+            .get(key.upstream())
+            .cloned()
+            .ok_or_else(|| Error::Routing(RoutingError::UnknownUpstream(key.upstream().to_string())))
     }
 
     /// Repositories to try upstream, in order. Kubernetes moved CoreDNS to
@@ -217,10 +212,7 @@ impl Proxy {
             Some(Reference::Tag(t)) => t.as_str().starts_with('v'),
             _ => true,
         };
-        if versioned
-            && key.repo().as_str() == "coredns"
-            && self.routing.is_kubernetes(key.upstream())
-        {
+        if versioned && key.repo().as_str() == "coredns" && self.routing.is_kubernetes(key.upstream()) {
             repos.push("coredns/coredns".parse().expect("static name"));
         }
         repos
@@ -228,22 +220,14 @@ impl Proxy {
 
     // ---- manifests ---------------------------------------------------
 
-    pub async fn manifest(
-        &self,
-        key: &RepoKey,
-        reference: &Reference,
-    ) -> Result<(Arc<StoredManifest>, CacheStatus)> {
+    pub async fn manifest(&self, key: &RepoKey, reference: &Reference) -> Result<(Arc<StoredManifest>, CacheStatus)> {
         match reference {
             Reference::Digest(d) => self.manifest_by_digest(key, d).await,
             Reference::Tag(t) => self.manifest_by_tag(key, t).await,
         }
     }
 
-    async fn manifest_by_digest(
-        &self,
-        key: &RepoKey,
-        d: &Digest,
-    ) -> Result<(Arc<StoredManifest>, CacheStatus)> {
+    async fn manifest_by_digest(&self, key: &RepoKey, d: &Digest) -> Result<(Arc<StoredManifest>, CacheStatus)> {
         if let Some(m) = self.local_manifest(d).await? {
             return Ok((m, CacheStatus::Hit));
         }
@@ -267,11 +251,7 @@ impl Proxy {
         Ok(Some(m))
     }
 
-    async fn fetch_manifest_by_digest(
-        &self,
-        key: &RepoKey,
-        d: &Digest,
-    ) -> Result<Arc<StoredManifest>> {
+    async fn fetch_manifest_by_digest(&self, key: &RepoKey, d: &Digest) -> Result<Arc<StoredManifest>> {
         let up = self.upstream(key)?;
         let repos = self.upstream_repos(key, None);
         let (store, d2) = (self.store.clone(), d.clone());
@@ -294,11 +274,7 @@ impl Proxy {
         Ok(m)
     }
 
-    async fn manifest_by_tag(
-        &self,
-        key: &RepoKey,
-        tag: &Tag,
-    ) -> Result<(Arc<StoredManifest>, CacheStatus)> {
+    async fn manifest_by_tag(&self, key: &RepoKey, tag: &Tag) -> Result<(Arc<StoredManifest>, CacheStatus)> {
         for class in [Class::Published, Class::Pinned] {
             if let Some(link) = self.local_tag(class, key, tag).await? {
                 let m = self.local_manifest(&link.digest).await?.ok_or_else(|| {
@@ -350,10 +326,7 @@ impl Proxy {
                 tags.insert(
                     (Class::Cached, ctx.key.clone(), ctx.tag.clone()),
                     TagEntry {
-                        link: Some(TagLink {
-                            digest: m.digest.clone(),
-                            checked: now_secs(),
-                        }),
+                        link: Some(TagLink { digest: m.digest.clone(), checked: now_secs() }),
                         loaded: Instant::now(),
                     },
                 );
@@ -371,13 +344,7 @@ impl Proxy {
             }
         }
         let link = self.store.get_tag(class, key, tag).await?;
-        self.tags.insert(
-            k,
-            TagEntry {
-                link: link.clone(),
-                loaded: Instant::now(),
-            },
-        );
+        self.tags.insert(k, TagEntry { link: link.clone(), loaded: Instant::now() });
         Ok(link)
     }
 
@@ -391,38 +358,17 @@ impl Proxy {
         }
         let link = self.store.get_tag(Class::Cached, key, tag).await?;
         if link.is_some() {
-            self.tags.insert(
-                k,
-                TagEntry {
-                    link: link.clone(),
-                    loaded: Instant::now(),
-                },
-            );
+            self.tags.insert(k, TagEntry { link: link.clone(), loaded: Instant::now() });
         }
         Ok(link)
     }
 
     /// Records a published or pinned tag (the push and import paths use
     /// this; the manifest must already be stored).
-    pub async fn put_local_tag(
-        &self,
-        class: Class,
-        key: &RepoKey,
-        tag: &Tag,
-        digest: &Digest,
-    ) -> Result<()> {
-        let link = TagLink {
-            digest: digest.clone(),
-            checked: 0,
-        };
+    pub async fn put_local_tag(&self, class: Class, key: &RepoKey, tag: &Tag, digest: &Digest) -> Result<()> {
+        let link = TagLink { digest: digest.clone(), checked: 0 };
         self.store.put_tag(class, key, tag, &link).await?;
-        self.tags.insert(
-            (class, key.clone(), tag.clone()),
-            TagEntry {
-                link: Some(link),
-                loaded: Instant::now(),
-            },
-        );
+        self.tags.insert((class, key.clone(), tag.clone()), TagEntry { link: Some(link), loaded: Instant::now() });
         Ok(())
     }
 
@@ -436,11 +382,7 @@ impl Proxy {
             return joined(fill).await;
         }
         if let Some(h) = self.store.open_blob(d).await? {
-            return Ok(BlobReply {
-                size: Some(h.size()),
-                cache: CacheStatus::Hit,
-                source: BlobSource::Stored(h),
-            });
+            return Ok(BlobReply { size: Some(h.size()), cache: CacheStatus::Hit, source: BlobSource::Stored(h) });
         }
         if self.offline {
             return Err(Error::BlobUnknown);
@@ -454,22 +396,16 @@ impl Proxy {
             })
             .await
             .map_err(not_found_as(Error::BlobUnknown))?;
-            return Ok(BlobReply {
-                size,
-                cache: CacheStatus::Miss,
-                source: BlobSource::Remote,
-            });
+            return Ok(BlobReply { size, cache: CacheStatus::Miss, source: BlobSource::Remote });
         }
         let d2 = d.clone();
-        let fill = self
-            .fills
-            .join_or_start(d, &self.store, move || async move {
-                first_found(&repos, |r| {
-                    let (up, d) = (up.clone(), d2.clone());
-                    async move { up.get_blob(&r, &d).await }
-                })
-                .await
-            })?;
+        let fill = self.fills.join_or_start(d, &self.store, move || async move {
+            first_found(&repos, |r| {
+                let (up, d) = (up.clone(), d2.clone());
+                async move { up.get_blob(&r, &d).await }
+            })
+            .await
+        })?;
         joined(fill).await
     }
 
@@ -480,13 +416,7 @@ impl Proxy {
     pub async fn tags(&self, key: &RepoKey) -> Result<Vec<String>> {
         let mut all = BTreeSet::new();
         for class in [Class::Published, Class::Pinned] {
-            all.extend(
-                self.store
-                    .list_tags(class, key)
-                    .await?
-                    .into_iter()
-                    .map(|t| t.to_string()),
-            );
+            all.extend(self.store.list_tags(class, key).await?.into_iter().map(|t| t.to_string()));
         }
         let remote = if self.offline {
             Err(upstream::Error::Transport("offline mode".into()))
@@ -510,19 +440,9 @@ impl Proxy {
             Err(e) => match self.store.get_taglist(key).await? {
                 Some(list) => all.extend(list),
                 None => {
-                    all.extend(
-                        self.store
-                            .list_tags(Class::Cached, key)
-                            .await?
-                            .into_iter()
-                            .map(|t| t.to_string()),
-                    );
+                    all.extend(self.store.list_tags(Class::Cached, key).await?.into_iter().map(|t| t.to_string()));
                     if all.is_empty() {
-                        return Err(if self.offline {
-                            Error::NameUnknown
-                        } else {
-                            Error::Upstream(e)
-                        });
+                        return Err(if self.offline { Error::NameUnknown } else { Error::Upstream(e) });
                     }
                 }
             },
@@ -599,47 +519,27 @@ impl TagWork {
     }
 
     async fn record(&self, d: &Digest) -> Result<()> {
-        let link = TagLink {
-            digest: d.clone(),
-            checked: now_secs(),
-        };
-        self.store
-            .put_tag(Class::Cached, &self.key, &self.tag, &link)
-            .await?;
+        let link = TagLink { digest: d.clone(), checked: now_secs() };
+        self.store.put_tag(Class::Cached, &self.key, &self.tag, &link).await?;
         Ok(())
     }
 }
 
 /// Checks a manifest body against the digest it was asked by (if any) and
 /// the digest upstream claimed (if any).
-fn verified_manifest(
-    body: upstream::ManifestBody,
-    expected: Option<&Digest>,
-) -> Result<StoredManifest> {
+fn verified_manifest(body: upstream::ManifestBody, expected: Option<&Digest>) -> Result<StoredManifest> {
     let digest = Digest::of(&body.body);
-    for claimed in [expected, body.digest_header.as_ref()]
-        .into_iter()
-        .flatten()
-    {
+    for claimed in [expected, body.digest_header.as_ref()].into_iter().flatten() {
         if *claimed != digest {
-            return Err(Error::Corrupt(format!(
-                "manifest hashes to {digest}, expected {claimed}"
-            )));
+            return Err(Error::Corrupt(format!("manifest hashes to {digest}, expected {claimed}")));
         }
     }
     let media_type = media::resolve(body.content_type.as_deref(), &body.body);
-    Ok(StoredManifest {
-        digest,
-        media_type,
-        body: body.body,
-    })
+    Ok(StoredManifest { digest, media_type, body: body.body })
 }
 
 /// Tries each repository in order while upstream says "not found".
-async fn first_found<T, F, Fut>(
-    repos: &[RepoName],
-    mut f: F,
-) -> std::result::Result<T, upstream::Error>
+async fn first_found<T, F, Fut>(repos: &[RepoName], mut f: F) -> std::result::Result<T, upstream::Error>
 where
     F: FnMut(RepoName) -> Fut,
     Fut: Future<Output = std::result::Result<T, upstream::Error>>,
@@ -669,9 +569,5 @@ async fn joined(fill: Arc<Fill>) -> Result<BlobReply> {
         Error::Upstream(upstream::Error::NotFound) => Error::BlobUnknown,
         e => e,
     })?;
-    Ok(BlobReply {
-        size,
-        cache: CacheStatus::Miss,
-        source: BlobSource::Filling(fill),
-    })
+    Ok(BlobReply { size, cache: CacheStatus::Miss, source: BlobSource::Filling(fill) })
 }

@@ -39,46 +39,32 @@ impl RoutingTable {
                 names.insert(alias.clone(), name.clone());
             }
         }
-        RoutingTable {
-            names,
-            default: cfg.routing.default_upstream.clone(),
-        }
+        RoutingTable { names, default: cfg.routing.default_upstream.clone() }
     }
 
     /// Resolves a request's repository name (and `ns`, if any) to its key.
     pub fn route(&self, name: &RepoName, ns: Option<&str>) -> Result<RepoKey, RoutingError> {
         let (upstream, repo) = if let Some(ns) = ns {
-            let up = self
-                .names
-                .get(ns)
-                .ok_or_else(|| RoutingError::UnknownUpstream(ns.to_string()))?;
+            let up = self.names.get(ns).ok_or_else(|| RoutingError::UnknownUpstream(ns.to_string()))?;
             (up.clone(), name.clone())
         } else if let Some((first, rest)) = name.split_first() {
             match self.names.get(first) {
                 Some(up) => (up.clone(), rest),
                 // A dotted first component names a registry host; an
                 // unconfigured one is refused rather than guessed at.
-                None if first.contains('.') => {
-                    return Err(RoutingError::UnknownUpstream(first.to_string()))
-                }
+                None if first.contains('.') => return Err(RoutingError::UnknownUpstream(first.to_string())),
                 None => (self.default.clone(), name.clone()),
             }
         } else {
             (self.default.clone(), name.clone())
         };
-        let repo = if upstream == DOCKER_HUB && repo.depth() == 1 {
-            repo.prefixed("library")
-        } else {
-            repo
-        };
+        let repo = if upstream == DOCKER_HUB && repo.depth() == 1 { repo.prefixed("library") } else { repo };
         Ok(RepoKey::new(upstream, repo))
     }
 
     /// Whether `upstream` (canonical) is the Kubernetes image registry.
     pub fn is_kubernetes(&self, upstream: &str) -> bool {
-        self.names
-            .iter()
-            .any(|(alias, canonical)| canonical == upstream && KUBERNETES.contains(&alias.as_str()))
+        self.names.iter().any(|(alias, canonical)| canonical == upstream && KUBERNETES.contains(&alias.as_str()))
     }
 }
 
@@ -112,73 +98,37 @@ default_upstream = "{default}"
     fn the_four_request_shapes() {
         let t = table("registry.k8s.io");
         // 1. kubeadm imageRepository = mirror: bare names.
-        assert_eq!(
-            route(&t, "kube-apiserver", None).unwrap(),
-            "registry.k8s.io/kube-apiserver"
-        );
+        assert_eq!(route(&t, "kube-apiserver", None).unwrap(), "registry.k8s.io/kube-apiserver");
         // 2. containerd hosts.toml: ?ns=
-        assert_eq!(
-            route(&t, "kube-apiserver", Some("registry.k8s.io")).unwrap(),
-            "registry.k8s.io/kube-apiserver"
-        );
-        assert_eq!(
-            route(&t, "library/busybox", Some("docker.io")).unwrap(),
-            "docker.io/library/busybox"
-        );
+        assert_eq!(route(&t, "kube-apiserver", Some("registry.k8s.io")).unwrap(), "registry.k8s.io/kube-apiserver");
+        assert_eq!(route(&t, "library/busybox", Some("docker.io")).unwrap(), "docker.io/library/busybox");
         // 3. host-prefixed names.
-        assert_eq!(
-            route(&t, "registry.k8s.io/kube-proxy", None).unwrap(),
-            "registry.k8s.io/kube-proxy"
-        );
-        assert_eq!(
-            route(&t, "docker.io/library/busybox", None).unwrap(),
-            "docker.io/library/busybox"
-        );
+        assert_eq!(route(&t, "registry.k8s.io/kube-proxy", None).unwrap(), "registry.k8s.io/kube-proxy");
+        assert_eq!(route(&t, "docker.io/library/busybox", None).unwrap(), "docker.io/library/busybox");
         assert_eq!(
             route(&t, "ghcr.io/klts-io/kubernetes-lts/kube-proxy", None).unwrap(),
             "ghcr.io/klts-io/kubernetes-lts/kube-proxy"
         );
         // 4. dockerd registry-mirrors: docker.io names, library/ already present.
         let d = table("docker.io");
-        assert_eq!(
-            route(&d, "library/busybox", None).unwrap(),
-            "docker.io/library/busybox"
-        );
+        assert_eq!(route(&d, "library/busybox", None).unwrap(), "docker.io/library/busybox");
     }
 
     #[test]
     fn aliases_share_one_namespace() {
         let t = table("registry.k8s.io");
-        assert_eq!(
-            route(&t, "k8s.gcr.io/pause", None).unwrap(),
-            "registry.k8s.io/pause"
-        );
-        assert_eq!(
-            route(&t, "pause", Some("k8s.gcr.io")).unwrap(),
-            "registry.k8s.io/pause"
-        );
+        assert_eq!(route(&t, "k8s.gcr.io/pause", None).unwrap(), "registry.k8s.io/pause");
+        assert_eq!(route(&t, "pause", Some("k8s.gcr.io")).unwrap(), "registry.k8s.io/pause");
     }
 
     #[test]
     fn docker_hub_single_names_get_library() {
         let t = table("docker.io");
-        assert_eq!(
-            route(&t, "busybox", None).unwrap(),
-            "docker.io/library/busybox"
-        );
-        assert_eq!(
-            route(&t, "docker.io/busybox", None).unwrap(),
-            "docker.io/library/busybox"
-        );
-        assert_eq!(
-            route(&t, "busybox", Some("docker.io")).unwrap(),
-            "docker.io/library/busybox"
-        );
+        assert_eq!(route(&t, "busybox", None).unwrap(), "docker.io/library/busybox");
+        assert_eq!(route(&t, "docker.io/busybox", None).unwrap(), "docker.io/library/busybox");
+        assert_eq!(route(&t, "busybox", Some("docker.io")).unwrap(), "docker.io/library/busybox");
         // Not for other upstreams.
-        assert_eq!(
-            route(&table("registry.k8s.io"), "busybox", None).unwrap(),
-            "registry.k8s.io/busybox"
-        );
+        assert_eq!(route(&table("registry.k8s.io"), "busybox", None).unwrap(), "registry.k8s.io/busybox");
     }
 
     #[test]
@@ -188,15 +138,9 @@ default_upstream = "{default}"
             route(&t, "x", Some("evil.example.com")),
             Err(RoutingError::UnknownUpstream("evil.example.com".into()))
         );
-        assert_eq!(
-            route(&t, "quay.io/coreos/etcd", None),
-            Err(RoutingError::UnknownUpstream("quay.io".into()))
-        );
+        assert_eq!(route(&t, "quay.io/coreos/etcd", None), Err(RoutingError::UnknownUpstream("quay.io".into())));
         // A dotted single component is a repository name, not a host.
-        assert_eq!(
-            route(&t, "my.image", None).unwrap(),
-            "registry.k8s.io/my.image"
-        );
+        assert_eq!(route(&t, "my.image", None).unwrap(), "registry.k8s.io/my.image");
     }
 
     #[test]

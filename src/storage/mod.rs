@@ -19,8 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::{
-    local::LocalFileSystem, memory::InMemory, path::Path, GetOptions, GetRange, ObjectStore,
-    WriteMultipart,
+    local::LocalFileSystem, memory::InMemory, path::Path, GetOptions, GetRange, ObjectStore, WriteMultipart,
 };
 use serde::{Deserialize, Serialize};
 
@@ -82,23 +81,13 @@ mod digest_str {
 
 /// Seconds since the epoch, the clock of [`TagLink::checked`].
 pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// A stored blob opened for reading; knows its size before any byte is sent.
 pub enum BlobHandle {
-    File {
-        file: Arc<std::fs::File>,
-        size: u64,
-    },
-    Object {
-        objects: Arc<dyn ObjectStore>,
-        path: Path,
-        size: u64,
-    },
+    File { file: Arc<std::fs::File>, size: u64 },
+    Object { objects: Arc<dyn ObjectStore>, path: Path, size: u64 },
 }
 
 impl BlobHandle {
@@ -117,14 +106,8 @@ impl BlobHandle {
                     return futures::stream::empty().boxed();
                 }
                 futures::stream::once(async move {
-                    let opts = GetOptions {
-                        range: Some(GetRange::Bounded(start..end)),
-                        ..Default::default()
-                    };
-                    let r = objects
-                        .get_opts(&path, opts)
-                        .await
-                        .map_err(io::Error::other)?;
+                    let opts = GetOptions { range: Some(GetRange::Bounded(start..end)), ..Default::default() };
+                    let r = objects.get_opts(&path, opts).await.map_err(io::Error::other)?;
                     Ok::<_, io::Error>(r.into_stream().map_err(io::Error::other))
                 })
                 .try_flatten()
@@ -179,36 +162,23 @@ impl Store {
     /// Opens the configured backend and proves it writable, so a bad
     /// `storage.path` stops start-up instead of failing the first pull.
     pub fn open(cfg: &StorageConfig) -> Result<Store> {
-        let unusable = |path: &FsPath, source| Error::Unusable {
-            path: path.to_path_buf(),
-            source,
-        };
+        let unusable = |path: &FsPath, source| Error::Unusable { path: path.to_path_buf(), source };
         match cfg.backend {
             Backend::Filesystem => {
                 std::fs::create_dir_all(&cfg.path).map_err(|e| unusable(&cfg.path, e))?;
                 let root = std::fs::canonicalize(&cfg.path).map_err(|e| unusable(&cfg.path, e))?;
+                let spool_dir = cfg.spool_path.clone().unwrap_or_else(|| root.join(paths::SPOOL_DIR));
+                probe_writable(&spool_dir).map_err(|e| unusable(&spool_dir, e))?;
+                let objects = LocalFileSystem::new_with_prefix(&root).map_err(io::Error::other)?;
+                Ok(Store { objects: Arc::new(objects), local_root: Some(root), spool_dir })
+            }
+            Backend::Memory => {
                 let spool_dir = cfg
                     .spool_path
                     .clone()
-                    .unwrap_or_else(|| root.join(paths::SPOOL_DIR));
+                    .unwrap_or_else(|| std::env::temp_dir().join(format!("klts-mirror-spool-{}", std::process::id())));
                 probe_writable(&spool_dir).map_err(|e| unusable(&spool_dir, e))?;
-                let objects = LocalFileSystem::new_with_prefix(&root).map_err(io::Error::other)?;
-                Ok(Store {
-                    objects: Arc::new(objects),
-                    local_root: Some(root),
-                    spool_dir,
-                })
-            }
-            Backend::Memory => {
-                let spool_dir = cfg.spool_path.clone().unwrap_or_else(|| {
-                    std::env::temp_dir().join(format!("klts-mirror-spool-{}", std::process::id()))
-                });
-                probe_writable(&spool_dir).map_err(|e| unusable(&spool_dir, e))?;
-                Ok(Store {
-                    objects: Arc::new(InMemory::new()),
-                    local_root: None,
-                    spool_dir,
-                })
+                Ok(Store { objects: Arc::new(InMemory::new()), local_root: None, spool_dir })
             }
         }
     }
@@ -231,20 +201,13 @@ impl Store {
             .await
             .map_err(io::Error::other)?;
             return match opened {
-                Ok((file, size)) => Ok(Some(BlobHandle::File {
-                    file: Arc::new(file),
-                    size,
-                })),
+                Ok((file, size)) => Ok(Some(BlobHandle::File { file: Arc::new(file), size })),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(e.into()),
             };
         }
         match self.objects.head(&key).await {
-            Ok(meta) => Ok(Some(BlobHandle::Object {
-                objects: self.objects.clone(),
-                path: key,
-                size: meta.size,
-            })),
+            Ok(meta) => Ok(Some(BlobHandle::Object { objects: self.objects.clone(), path: key, size: meta.size })),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -252,29 +215,15 @@ impl Store {
 
     /// Creates an empty spool file for a new fill.
     pub fn create_spool(&self) -> io::Result<(PathBuf, std::fs::File)> {
-        let name = format!(
-            "{}-{}-{}",
-            std::process::id(),
-            SPOOL_SEQ.fetch_add(1, Ordering::Relaxed),
-            now_nanos()
-        );
+        let name = format!("{}-{}-{}", std::process::id(), SPOOL_SEQ.fetch_add(1, Ordering::Relaxed), now_nanos());
         let path = self.spool_dir.join(name);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
         Ok((path, file))
     }
 
     /// Makes a verified spool file the blob `d`. The caller has checked the
     /// digest; this only moves bytes. Blocking: call from the blocking pool.
-    pub fn commit_spool_blocking(
-        &self,
-        d: &Digest,
-        spool: &FsPath,
-        file: &std::fs::File,
-    ) -> Result<()> {
+    pub fn commit_spool_blocking(&self, d: &Digest, spool: &FsPath, file: &std::fs::File) -> Result<()> {
         let key = paths::blob(d);
         if let Some(dest) = self.local_file(&key) {
             // Durable before visible: a crash must never leave a committed
@@ -332,11 +281,7 @@ impl Store {
             tracing::error!(digest = %d, "stored manifest does not match its digest; ignoring it");
             return Ok(None);
         }
-        Ok(Some(StoredManifest {
-            digest: d.clone(),
-            media_type,
-            body,
-        }))
+        Ok(Some(StoredManifest { digest: d.clone(), media_type, body }))
     }
 
     pub async fn put_manifest(&self, m: &StoredManifest) -> Result<()> {
@@ -344,9 +289,7 @@ impl Store {
         rec.extend_from_slice(m.media_type.as_bytes());
         rec.extend_from_slice(b"\n");
         rec.extend_from_slice(&m.body);
-        self.objects
-            .put(&paths::manifest(&m.digest), rec.freeze().into())
-            .await?;
+        self.objects.put(&paths::manifest(&m.digest), rec.freeze().into()).await?;
         Ok(())
     }
 
@@ -365,17 +308,9 @@ impl Store {
         }
     }
 
-    pub async fn put_tag(
-        &self,
-        class: Class,
-        key: &RepoKey,
-        tag: &Tag,
-        link: &TagLink,
-    ) -> Result<()> {
+    pub async fn put_tag(&self, class: Class, key: &RepoKey, tag: &Tag, link: &TagLink) -> Result<()> {
         let body = serde_json::to_vec(link).map_err(io::Error::other)?;
-        self.objects
-            .put(&paths::tag(class, key, tag), body.into())
-            .await?;
+        self.objects.put(&paths::tag(class, key, tag), body.into()).await?;
         Ok(())
     }
 
@@ -387,10 +322,7 @@ impl Store {
             Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         };
-        Ok(listed
-            .into_iter()
-            .filter_map(|m| m.location.filename().and_then(|f| f.parse().ok()))
-            .collect())
+        Ok(listed.into_iter().filter_map(|m| m.location.filename().and_then(|f| f.parse().ok())).collect())
     }
 
     pub async fn get_taglist(&self, key: &RepoKey) -> Result<Option<Vec<String>>> {
@@ -416,10 +348,7 @@ impl Store {
 }
 
 fn now_nanos() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
 
 fn probe_writable(dir: &FsPath) -> io::Result<()> {
@@ -435,11 +364,7 @@ mod tests {
 
     fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
         let dir = tempfile::tempdir().unwrap();
-        let fs = Store::open(&StorageConfig {
-            path: dir.path().join("data"),
-            ..Default::default()
-        })
-        .unwrap();
+        let fs = Store::open(&StorageConfig { path: dir.path().join("data"), ..Default::default() }).unwrap();
         let spool = tempfile::tempdir().unwrap();
         let mem = Store::open(&StorageConfig {
             backend: Backend::Memory,
@@ -463,9 +388,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn blob_contract() {
         for (store, _guard) in stores() {
-            let data: Vec<u8> = (0..(READ_CHUNK * 2 + 17))
-                .map(|i| (i % 251) as u8)
-                .collect();
+            let data: Vec<u8> = (0..(READ_CHUNK * 2 + 17)).map(|i| (i % 251) as u8).collect();
             let d = Digest::of(&data);
             assert!(store.open_blob(&d).await.unwrap().is_none());
 
@@ -473,17 +396,10 @@ mod tests {
             std::io::Write::write_all(&mut file, &data).unwrap();
             let s2 = Arc::new(store);
             let (s3, d2, sp) = (s2.clone(), d.clone(), spool.clone());
-            tokio::task::spawn_blocking(move || s3.commit_spool_blocking(&d2, &sp, &file))
-                .await
-                .unwrap()
-                .unwrap();
+            tokio::task::spawn_blocking(move || s3.commit_spool_blocking(&d2, &sp, &file)).await.unwrap().unwrap();
             assert!(!spool.exists(), "spool file must be gone after commit");
 
-            let h = s2
-                .open_blob(&d)
-                .await
-                .unwrap()
-                .expect("committed blob is visible");
+            let h = s2.open_blob(&d).await.unwrap().expect("committed blob is visible");
             assert_eq!(h.size(), data.len() as u64);
             assert_eq!(collect(h.stream(0, data.len() as u64)).await, data);
             let h = s2.open_blob(&d).await.unwrap().unwrap();
@@ -497,77 +413,33 @@ mod tests {
     async fn manifest_and_tag_contract() {
         for (store, _guard) in stores() {
             let body = Bytes::from_static(br#"{"schemaVersion":2,"layers":[]}"#);
-            let m = StoredManifest {
-                digest: Digest::of(&body),
-                media_type: crate::oci::media::OCI_MANIFEST.into(),
-                body,
-            };
+            let m =
+                StoredManifest { digest: Digest::of(&body), media_type: crate::oci::media::OCI_MANIFEST.into(), body };
             assert!(store.get_manifest(&m.digest).await.unwrap().is_none());
             store.put_manifest(&m).await.unwrap();
-            assert_eq!(
-                store.get_manifest(&m.digest).await.unwrap(),
-                Some(m.clone())
-            );
+            assert_eq!(store.get_manifest(&m.digest).await.unwrap(), Some(m.clone()));
 
             let key = RepoKey::new("registry.k8s.io".into(), "kube-apiserver".parse().unwrap());
             let tag: Tag = "v1.18.20-lts.2".parse().unwrap();
-            assert!(store
-                .get_tag(Class::Published, &key, &tag)
-                .await
-                .unwrap()
-                .is_none());
-            assert!(store
-                .list_tags(Class::Published, &key)
-                .await
-                .unwrap()
-                .is_empty());
-            let link = TagLink {
-                digest: m.digest.clone(),
-                checked: 0,
-            };
-            store
-                .put_tag(Class::Published, &key, &tag, &link)
-                .await
-                .unwrap();
-            assert_eq!(
-                store.get_tag(Class::Published, &key, &tag).await.unwrap(),
-                Some(link)
-            );
-            assert!(store
-                .get_tag(Class::Cached, &key, &tag)
-                .await
-                .unwrap()
-                .is_none());
-            assert_eq!(
-                store.list_tags(Class::Published, &key).await.unwrap(),
-                vec![tag]
-            );
+            assert!(store.get_tag(Class::Published, &key, &tag).await.unwrap().is_none());
+            assert!(store.list_tags(Class::Published, &key).await.unwrap().is_empty());
+            let link = TagLink { digest: m.digest.clone(), checked: 0 };
+            store.put_tag(Class::Published, &key, &tag, &link).await.unwrap();
+            assert_eq!(store.get_tag(Class::Published, &key, &tag).await.unwrap(), Some(link));
+            assert!(store.get_tag(Class::Cached, &key, &tag).await.unwrap().is_none());
+            assert_eq!(store.list_tags(Class::Published, &key).await.unwrap(), vec![tag]);
 
-            store
-                .put_taglist(&key, &["a".into(), "b".into()])
-                .await
-                .unwrap();
-            assert_eq!(
-                store.get_taglist(&key).await.unwrap(),
-                Some(vec!["a".to_string(), "b".to_string()])
-            );
+            store.put_taglist(&key, &["a".into(), "b".into()]).await.unwrap();
+            assert_eq!(store.get_taglist(&key).await.unwrap(), Some(vec!["a".to_string(), "b".to_string()]));
         }
     }
 
     #[tokio::test]
     async fn corrupted_manifest_record_is_not_served() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&StorageConfig {
-            path: dir.path().to_path_buf(),
-            ..Default::default()
-        })
-        .unwrap();
+        let store = Store::open(&StorageConfig { path: dir.path().to_path_buf(), ..Default::default() }).unwrap();
         let body = Bytes::from_static(b"{}");
-        let m = StoredManifest {
-            digest: Digest::of(&body),
-            media_type: "x".into(),
-            body,
-        };
+        let m = StoredManifest { digest: Digest::of(&body), media_type: "x".into(), body };
         store.put_manifest(&m).await.unwrap();
         let file = dir.path().join(paths::manifest(&m.digest).as_ref());
         std::fs::write(&file, b"x\n{\"evil\":1}").unwrap();
@@ -579,12 +451,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("not-a-dir");
         std::fs::write(&file, b"").unwrap();
-        let err = Store::open(&StorageConfig {
-            path: file.join("sub"),
-            ..Default::default()
-        })
-        .err()
-        .unwrap();
+        let err = Store::open(&StorageConfig { path: file.join("sub"), ..Default::default() }).err().unwrap();
         assert!(err.to_string().starts_with("storage.path"), "{err}");
     }
 }

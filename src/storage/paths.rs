@@ -98,22 +98,11 @@ mod tests {
             "repos/published/registry.k8s.io/kube-apiserver/_tags/v1.18.20-lts.2"
         );
         assert_eq!(
-            tag(
-                Class::Cached,
-                &key("docker.io", "library/busybox"),
-                &"1.36".parse().unwrap()
-            )
-            .as_ref(),
+            tag(Class::Cached, &key("docker.io", "library/busybox"), &"1.36".parse().unwrap()).as_ref(),
             "repos/cached/docker.io/library/busybox/_tags/1.36"
         );
-        assert_eq!(
-            tags_dir(Class::Pinned, &k).as_ref(),
-            "repos/pinned/registry.k8s.io/kube-apiserver/_tags"
-        );
-        assert_eq!(
-            taglist(&k).as_ref(),
-            "repos/cached/registry.k8s.io/kube-apiserver/_taglist"
-        );
+        assert_eq!(tags_dir(Class::Pinned, &k).as_ref(), "repos/pinned/registry.k8s.io/kube-apiserver/_tags");
+        assert_eq!(taglist(&k).as_ref(), "repos/cached/registry.k8s.io/kube-apiserver/_taglist");
     }
 
     #[test]

@@ -12,11 +12,7 @@ use std::time::{Duration, Instant};
 /// A parsed `WWW-Authenticate` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
-    Bearer {
-        realm: String,
-        service: Option<String>,
-        scope: Option<String>,
-    },
+    Bearer { realm: String, service: Option<String>, scope: Option<String> },
     Basic,
 }
 
@@ -32,11 +28,7 @@ pub fn parse_challenge(header: &str) -> Option<Challenge> {
     }
     let params = parse_params(rest);
     let realm = params.get("realm")?.clone();
-    Some(Challenge::Bearer {
-        realm,
-        service: params.get("service").cloned(),
-        scope: params.get("scope").cloned(),
-    })
+    Some(Challenge::Bearer { realm, service: params.get("service").cloned(), scope: params.get("scope").cloned() })
 }
 
 /// `key="value", key2=value2` with quoted values that may contain commas.
@@ -45,11 +37,7 @@ fn parse_params(s: &str) -> HashMap<String, String> {
     let mut rest = s.trim();
     while !rest.is_empty() {
         let Some(eq) = rest.find('=') else { break };
-        let key = rest[..eq]
-            .trim()
-            .trim_start_matches(',')
-            .trim()
-            .to_ascii_lowercase();
+        let key = rest[..eq].trim().trim_start_matches(',').trim().to_ascii_lowercase();
         rest = &rest[eq + 1..];
         let value;
         if let Some(stripped) = rest.strip_prefix('"') {
@@ -158,8 +146,7 @@ mod tests {
 
     #[test]
     fn parses_quoted_commas_and_basic() {
-        let c = parse_challenge(r#"bearer realm="http://a/t", scope="repository:a:pull,push""#)
-            .unwrap();
+        let c = parse_challenge(r#"bearer realm="http://a/t", scope="repository:a:pull,push""#).unwrap();
         match c {
             Challenge::Bearer { scope, service, .. } => {
                 assert_eq!(scope.as_deref(), Some("repository:a:pull,push"));
@@ -167,18 +154,14 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(
-            parse_challenge(r#"Basic realm="registry""#),
-            Some(Challenge::Basic)
-        );
+        assert_eq!(parse_challenge(r#"Basic realm="registry""#), Some(Challenge::Basic));
         assert_eq!(parse_challenge("Negotiate"), None);
         assert_eq!(parse_challenge("Bearer service=x"), None);
     }
 
     #[test]
     fn token_defaults_and_minimum_ttl() {
-        let t: TokenResponse =
-            serde_json::from_str(r#"{"access_token":"x","expires_in":5}"#).unwrap();
+        let t: TokenResponse = serde_json::from_str(r#"{"access_token":"x","expires_in":5}"#).unwrap();
         assert_eq!(t.into_token(), Some(("x".into(), Duration::from_secs(60))));
         let t: TokenResponse = serde_json::from_str(r#"{"token":"y","expires_in":300}"#).unwrap();
         assert_eq!(t.into_token(), Some(("y".into(), Duration::from_secs(300))));
@@ -189,20 +172,11 @@ mod tests {
     #[test]
     fn cache_is_per_host_and_scope_and_expires() {
         let c = TokenCache::default();
-        c.put(
-            "a",
-            "s",
-            Credential::Bearer("t".into()),
-            Duration::from_secs(300),
-        );
+        c.put("a", "s", Credential::Bearer("t".into()), Duration::from_secs(300));
         assert_eq!(c.get("a", "s"), Some(Credential::Bearer("t".into())));
         assert_eq!(c.get("b", "s"), None);
         assert_eq!(c.get("a", "other"), None);
         c.put("a", "x", Credential::Basic, Duration::from_secs(1));
-        assert_eq!(
-            c.get("a", "x"),
-            None,
-            "ttl below the margin is already expired"
-        );
+        assert_eq!(c.get("a", "x"), None, "ttl below the margin is already expired");
     }
 }

@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
-use reqwest::header::{
-    HeaderMap, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LINK, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
-};
+use reqwest::header::{HeaderMap, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LINK, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode};
 use url::Url;
 
@@ -110,20 +108,12 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream")
-            .field("name", &self.name)
-            .field("base", &self.base.as_str())
-            .finish()
+        f.debug_struct("Upstream").field("name", &self.name).field("base", &self.base.as_str()).finish()
     }
 }
 
 fn host_key(url: &Url) -> String {
-    format!(
-        "{}://{}:{}",
-        url.scheme(),
-        url.host_str().unwrap_or(""),
-        url.port_or_known_default().unwrap_or(0)
-    )
+    format!("{}://{}:{}", url.scheme(), url.host_str().unwrap_or(""), url.port_or_known_default().unwrap_or(0))
 }
 
 impl Upstream {
@@ -151,20 +141,12 @@ impl Upstream {
     }
 
     fn url(&self, path: &str) -> Result<Url> {
-        self.base
-            .join(path)
-            .map_err(|e| Error::Invalid(e.to_string()))
+        self.base.join(path).map_err(|e| Error::Invalid(e.to_string()))
     }
 
     /// Sends a request, following redirects and answering one auth
     /// challenge per hop. Returns the final response whatever its status.
-    async fn send(
-        &self,
-        method: Method,
-        mut url: Url,
-        scope: &str,
-        accept: Option<&str>,
-    ) -> Result<reqwest::Response> {
+    async fn send(&self, method: Method, mut url: Url, scope: &str, accept: Option<&str>) -> Result<reqwest::Response> {
         let mut redirects = 0;
         let mut challenged = false;
         loop {
@@ -196,32 +178,22 @@ impl Upstream {
                     .get(LOCATION)
                     .and_then(|l| l.to_str().ok())
                     .ok_or_else(|| Error::Invalid(format!("{status} without Location")))?;
-                url = url
-                    .join(loc)
-                    .map_err(|e| Error::Invalid(format!("bad redirect {loc:?}: {e}")))?;
+                url = url.join(loc).map_err(|e| Error::Invalid(format!("bad redirect {loc:?}: {e}")))?;
                 challenged = false;
                 continue;
             }
             if status == StatusCode::UNAUTHORIZED && !challenged {
                 challenged = true;
-                let challenge = resp
-                    .headers()
-                    .get(WWW_AUTHENTICATE)
-                    .and_then(|h| h.to_str().ok())
-                    .and_then(auth::parse_challenge);
+                let challenge =
+                    resp.headers().get(WWW_AUTHENTICATE).and_then(|h| h.to_str().ok()).and_then(auth::parse_challenge);
                 match challenge {
                     Some(Challenge::Bearer { realm, service, .. }) => {
-                        let (token, ttl) =
-                            self.fetch_token(&realm, service.as_deref(), scope).await?;
-                        self.tokens
-                            .put(&host, scope, Credential::Bearer(token), ttl);
+                        let (token, ttl) = self.fetch_token(&realm, service.as_deref(), scope).await?;
+                        self.tokens.put(&host, scope, Credential::Bearer(token), ttl);
                         continue;
                     }
-                    Some(Challenge::Basic)
-                        if self.username.is_some() && host == host_key(&self.base) =>
-                    {
-                        self.tokens
-                            .put(&host, scope, Credential::Basic, Duration::from_secs(3600));
+                    Some(Challenge::Basic) if self.username.is_some() && host == host_key(&self.base) => {
+                        self.tokens.put(&host, scope, Credential::Basic, Duration::from_secs(3600));
                         continue;
                     }
                     _ => {}
@@ -231,14 +203,8 @@ impl Upstream {
         }
     }
 
-    async fn fetch_token(
-        &self,
-        realm: &str,
-        service: Option<&str>,
-        scope: &str,
-    ) -> Result<(String, Duration)> {
-        let mut url = Url::parse(realm)
-            .map_err(|e| Error::Invalid(format!("bad token realm {realm:?}: {e}")))?;
+    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<(String, Duration)> {
+        let mut url = Url::parse(realm).map_err(|e| Error::Invalid(format!("bad token realm {realm:?}: {e}")))?;
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -252,17 +218,12 @@ impl Upstream {
         }
         let resp = req.send().await.map_err(transport)?;
         if !resp.status().is_success() {
-            return Err(Error::Unauthorized(format!(
-                "token endpoint answered {}",
-                resp.status()
-            )));
+            return Err(Error::Unauthorized(format!("token endpoint answered {}", resp.status())));
         }
         let body = resp.bytes().await.map_err(transport)?;
-        let parsed: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|e| Error::Invalid(format!("token response: {e}")))?;
-        parsed
-            .into_token()
-            .ok_or_else(|| Error::Invalid("token response without a token".into()))
+        let parsed: TokenResponse =
+            serde_json::from_slice(&body).map_err(|e| Error::Invalid(format!("token response: {e}")))?;
+        parsed.into_token().ok_or_else(|| Error::Invalid("token response without a token".into()))
     }
 
     /// Maps an error status to [`Error`]; passes 2xx through.
@@ -275,11 +236,7 @@ impl Upstream {
             404 => Error::NotFound,
             401 | 403 => Error::Unauthorized(format!("HTTP {status}")),
             429 => Error::TooManyRequests {
-                retry_after: resp
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(String::from),
+                retry_after: resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(String::from),
             },
             s => Error::Status(s),
         })
@@ -289,59 +246,21 @@ impl Upstream {
         format!("repository:{repo}:pull")
     }
 
-    pub async fn head_manifest(
-        &self,
-        repo: &RepoName,
-        reference: &Reference,
-    ) -> Result<ManifestHead> {
+    pub async fn head_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestHead> {
         let url = self.url(&format!("v2/{repo}/manifests/{reference}"))?;
-        let resp = Self::check(
-            self.send(
-                Method::HEAD,
-                url,
-                &Self::scope(repo),
-                Some(media::ACCEPT_ALL),
-            )
-            .await?,
-        )?;
-        Ok(ManifestHead {
-            digest: digest_header(resp.headers()),
-        })
+        let resp = Self::check(self.send(Method::HEAD, url, &Self::scope(repo), Some(media::ACCEPT_ALL)).await?)?;
+        Ok(ManifestHead { digest: digest_header(resp.headers()) })
     }
 
-    pub async fn get_manifest(
-        &self,
-        repo: &RepoName,
-        reference: &Reference,
-    ) -> Result<ManifestBody> {
+    pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestBody> {
         let url = self.url(&format!("v2/{repo}/manifests/{reference}"))?;
-        let resp = Self::check(
-            self.send(
-                Method::GET,
-                url,
-                &Self::scope(repo),
-                Some(media::ACCEPT_ALL),
-            )
-            .await?,
-        )?;
-        let too_big = || {
-            Error::Invalid(format!(
-                "manifest larger than {} bytes",
-                media::MAX_MANIFEST_BYTES
-            ))
-        };
-        if resp
-            .content_length()
-            .is_some_and(|l| l > media::MAX_MANIFEST_BYTES as u64)
-        {
+        let resp = Self::check(self.send(Method::GET, url, &Self::scope(repo), Some(media::ACCEPT_ALL)).await?)?;
+        let too_big = || Error::Invalid(format!("manifest larger than {} bytes", media::MAX_MANIFEST_BYTES));
+        if resp.content_length().is_some_and(|l| l > media::MAX_MANIFEST_BYTES as u64) {
             return Err(too_big());
         }
         let digest_header = digest_header(resp.headers());
-        let content_type = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(String::from);
+        let content_type = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(String::from);
         // Read with a running bound: a lying or absent Content-Length must
         // not let a manifest grow without limit in memory.
         let mut body = bytes::BytesMut::new();
@@ -353,33 +272,19 @@ impl Upstream {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(ManifestBody {
-            digest_header,
-            content_type,
-            body: body.freeze(),
-        })
+        Ok(ManifestBody { digest_header, content_type, body: body.freeze() })
     }
 
     /// Size of a blob, by HEAD (never downloads the body).
     pub async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
         let url = self.url(&format!("v2/{repo}/blobs/{digest}"))?;
-        let resp = Self::check(
-            self.send(Method::HEAD, url, &Self::scope(repo), None)
-                .await?,
-        )?;
-        Ok(resp
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok()))
+        let resp = Self::check(self.send(Method::HEAD, url, &Self::scope(repo), None).await?)?;
+        Ok(resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()))
     }
 
     pub async fn get_blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobBody> {
         let url = self.url(&format!("v2/{repo}/blobs/{digest}"))?;
-        let resp = Self::check(
-            self.send(Method::GET, url, &Self::scope(repo), None)
-                .await?,
-        )?;
+        let resp = Self::check(self.send(Method::GET, url, &Self::scope(repo), None).await?)?;
         let size = resp.content_length();
         let stream = resp.bytes_stream().map_err(transport).boxed();
         Ok(BlobBody { size, stream })
@@ -394,18 +299,10 @@ impl Upstream {
         let mut url = self.url(&format!("v2/{repo}/tags/list"))?;
         let mut all = Vec::new();
         for _ in 0..MAX_TAG_PAGES {
-            let resp = Self::check(
-                self.send(Method::GET, url.clone(), &Self::scope(repo), None)
-                    .await?,
-            )?;
-            let next = resp
-                .headers()
-                .get(LINK)
-                .and_then(|l| l.to_str().ok())
-                .and_then(next_link);
+            let resp = Self::check(self.send(Method::GET, url.clone(), &Self::scope(repo), None).await?)?;
+            let next = resp.headers().get(LINK).and_then(|l| l.to_str().ok()).and_then(next_link);
             let body = resp.bytes().await.map_err(transport)?;
-            let page: TagList = serde_json::from_slice(&body)
-                .map_err(|e| Error::Invalid(format!("tags list: {e}")))?;
+            let page: TagList = serde_json::from_slice(&body).map_err(|e| Error::Invalid(format!("tags list: {e}")))?;
             all.extend(page.tags.unwrap_or_default());
             match next {
                 Some(n) => url = url.join(&n).map_err(|e| Error::Invalid(e.to_string()))?,
@@ -417,9 +314,7 @@ impl Upstream {
 }
 
 fn digest_header(h: &HeaderMap) -> Option<Digest> {
-    h.get("docker-content-digest")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
+    h.get("docker-content-digest").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
 }
 
 /// The target of `Link: <...>; rel="next"`.
@@ -460,10 +355,7 @@ mod tests {
 
     #[test]
     fn host_keys_include_scheme_and_port() {
-        assert_eq!(
-            host_key(&Url::parse("https://registry.k8s.io/v2/").unwrap()),
-            "https://registry.k8s.io:443"
-        );
+        assert_eq!(host_key(&Url::parse("https://registry.k8s.io/v2/").unwrap()), "https://registry.k8s.io:443");
         assert_ne!(
             host_key(&Url::parse("http://127.0.0.1:1/").unwrap()),
             host_key(&Url::parse("http://127.0.0.1:2/").unwrap())

@@ -77,9 +77,7 @@ impl FakeUpstream {
             redirect_blobs_to: Mutex::default(),
             blob_bytes_sent: Mutex::default(),
         });
-        let app = axum::Router::new()
-            .fallback(handle)
-            .with_state(state.clone());
+        let app = axum::Router::new().fallback(handle).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -106,25 +104,13 @@ impl FakeUpstream {
     }
 
     /// Stores a manifest under its digest and, if given, a tag.
-    pub fn add_manifest(
-        &self,
-        repo: &str,
-        tag: Option<&str>,
-        media_type: &str,
-        body: impl Into<Bytes>,
-    ) -> String {
+    pub fn add_manifest(&self, repo: &str, tag: Option<&str>, media_type: &str, body: impl Into<Bytes>) -> String {
         let body = body.into();
         let d = digest_of(&body);
         let mut m = self.state.manifests.lock().unwrap();
-        m.insert(
-            (repo.to_string(), d.clone()),
-            (media_type.to_string(), body.clone()),
-        );
+        m.insert((repo.to_string(), d.clone()), (media_type.to_string(), body.clone()));
         if let Some(t) = tag {
-            m.insert(
-                (repo.to_string(), t.to_string()),
-                (media_type.to_string(), body),
-            );
+            m.insert((repo.to_string(), t.to_string()), (media_type.to_string(), body));
             let mut tags = self.state.tags.lock().unwrap();
             let list = tags.entry(repo.to_string()).or_default();
             if !list.iter().any(|x| x == t) {
@@ -148,12 +134,7 @@ impl FakeUpstream {
             r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cfg_d}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{layer_d}","size":{layer_len}}}]}}"#,
             config.len()
         );
-        let m = self.add_manifest(
-            repo,
-            Some(tag),
-            "application/vnd.oci.image.manifest.v1+json",
-            manifest.into_bytes(),
-        );
+        let m = self.add_manifest(repo, Some(tag), "application/vnd.oci.image.manifest.v1+json", manifest.into_bytes());
         (m, layer_d)
     }
 
@@ -163,10 +144,7 @@ impl FakeUpstream {
 
     /// Requests with this method whose path contains `needle`.
     pub fn count(&self, method: &str, needle: &str) -> usize {
-        self.requests()
-            .iter()
-            .filter(|l| l.method == method && l.path.contains(needle))
-            .count()
+        self.requests().iter().filter(|l| l.method == method && l.path.contains(needle)).count()
     }
 
     pub fn total(&self) -> usize {
@@ -175,11 +153,7 @@ impl FakeUpstream {
 }
 
 fn error(status: StatusCode, code: &str) -> Response {
-    (
-        status,
-        format!(r#"{{"errors":[{{"code":"{code}","message":"fake"}}]}}"#),
-    )
-        .into_response()
+    (status, format!(r#"{{"errors":[{{"code":"{code}","message":"fake"}}]}}"#)).into_response()
 }
 
 async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
@@ -189,22 +163,12 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
     let headers = req.headers().clone();
     st.log.lock().unwrap().push(Logged {
         method: method.clone(),
-        path: if query.is_empty() {
-            path.clone()
-        } else {
-            format!("{path}?{query}")
-        },
-        authorization: headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .map(String::from),
+        path: if query.is_empty() { path.clone() } else { format!("{path}?{query}") },
+        authorization: headers.get("authorization").and_then(|v| v.to_str().ok()).map(String::from),
     });
     if path == "/token" {
         let token = st.token.lock().unwrap().clone().unwrap_or_default();
-        return (
-            [("content-type", "application/json")],
-            format!(r#"{{"token":"{token}","expires_in":300}}"#),
-        )
+        return ([("content-type", "application/json")], format!(r#"{{"token":"{token}","expires_in":300}}"#))
             .into_response();
     }
     if let Some(digest) = path.strip_prefix("/cdn/") {
@@ -237,59 +201,35 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
     if let Some(token) = st.token.lock().unwrap().clone() {
         let expected = format!("Bearer {token}");
         if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
-            let host = headers
-                .get("host")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            let challenge = format!(
-                r#"Bearer realm="http://{host}/token",service="fake",scope="repository:x:pull""#
-            );
+            let host = headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or("");
+            let challenge = format!(r#"Bearer realm="http://{host}/token",service="fake",scope="repository:x:pull""#);
             let mut r = error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
-            r.headers_mut()
-                .insert("www-authenticate", challenge.parse().unwrap());
+            r.headers_mut().insert("www-authenticate", challenge.parse().unwrap());
             return r;
         }
     }
     route(&st, &method, &path, &headers, mode).await
 }
 
-async fn route(
-    st: &Arc<FakeState>,
-    method: &Method,
-    path: &str,
-    _headers: &HeaderMap,
-    mode: Mode,
-) -> Response {
+async fn route(st: &Arc<FakeState>, method: &Method, path: &str, _headers: &HeaderMap, mode: Mode) -> Response {
     let rest = path.strip_prefix("/v2/").unwrap_or("");
     if let Some(repo) = rest.strip_suffix("/tags/list") {
         let tags = st.tags.lock().unwrap().get(repo).cloned();
         return match tags {
             Some(mut t) => {
                 t.sort();
-                (
-                    [("content-type", "application/json")],
-                    serde_json::json!({"name": repo, "tags": t}).to_string(),
-                )
+                ([("content-type", "application/json")], serde_json::json!({"name": repo, "tags": t}).to_string())
                     .into_response()
             }
             None => error(StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
         };
     }
     if let Some((repo, reference)) = rest.rsplit_once("/manifests/") {
-        let found = st
-            .manifests
-            .lock()
-            .unwrap()
-            .get(&(repo.to_string(), reference.to_string()))
-            .cloned();
+        let found = st.manifests.lock().unwrap().get(&(repo.to_string(), reference.to_string())).cloned();
         let Some((media_type, body)) = found else {
             return error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN");
         };
-        let mut r = Response::new(if method == Method::HEAD {
-            Body::empty()
-        } else {
-            Body::from(body.clone())
-        });
+        let mut r = Response::new(if method == Method::HEAD { Body::empty() } else { Body::from(body.clone()) });
         let h = r.headers_mut();
         h.insert("content-type", media_type.parse().unwrap());
         h.insert("content-length", body.len().into());
@@ -304,10 +244,7 @@ async fn route(
         if method == Method::GET {
             if let Some(target) = st.redirect_blobs_to.lock().unwrap().clone() {
                 let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
-                r.headers_mut().insert(
-                    "location",
-                    format!("{target}/cdn/{digest}").parse().unwrap(),
-                );
+                r.headers_mut().insert("location", format!("{target}/cdn/{digest}").parse().unwrap());
                 return r;
             }
         }
@@ -335,10 +272,8 @@ async fn send_blob(st: &Arc<FakeState>, method: &Method, blob: Bytes, mode: Mode
         _ => blob,
     };
     let st2 = st.clone();
-    let chunks: Vec<Bytes> = (0..data.len())
-        .step_by(64 * 1024)
-        .map(|i| data.slice(i..(i + 64 * 1024).min(data.len())))
-        .collect();
+    let chunks: Vec<Bytes> =
+        (0..data.len()).step_by(64 * 1024).map(|i| data.slice(i..(i + 64 * 1024).min(data.len()))).collect();
     let stream = futures::stream::iter(chunks).then(move |c| {
         let st = st2.clone();
         async move {
@@ -349,16 +284,13 @@ async fn send_blob(st: &Arc<FakeState>, method: &Method, blob: Bytes, mode: Mode
             Ok::<_, std::io::Error>(c)
         }
     });
-    let stream: futures::stream::BoxStream<'static, std::io::Result<Bytes>> =
-        if mode == Mode::Truncate {
-            // End the body early with an error so the connection is cut short
-            // of the announced Content-Length.
-            Box::pin(stream.chain(futures::stream::once(async {
-                Err(std::io::Error::other("cut"))
-            })))
-        } else {
-            Box::pin(stream)
-        };
+    let stream: futures::stream::BoxStream<'static, std::io::Result<Bytes>> = if mode == Mode::Truncate {
+        // End the body early with an error so the connection is cut short
+        // of the announced Content-Length.
+        Box::pin(stream.chain(futures::stream::once(async { Err(std::io::Error::other("cut")) })))
+    } else {
+        Box::pin(stream)
+    };
     let mut r = Response::new(Body::from_stream(stream));
     r.headers_mut().insert("content-length", len.into());
     r

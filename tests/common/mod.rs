@@ -33,12 +33,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            tag_ttl: "5m",
-            offline: false,
-            read_timeout: "2s",
-            default_upstream: "registry.k8s.io",
-        }
+        Options { tag_ttl: "5m", offline: false, read_timeout: "2s", default_upstream: "registry.k8s.io" }
     }
 }
 
@@ -83,11 +78,7 @@ impl Env {
     }
 
     /// A mirror over an existing upstream and data directory (restarts).
-    pub async fn on(
-        upstream: FakeUpstream,
-        dir: std::sync::Arc<tempfile::TempDir>,
-        o: Options,
-    ) -> Env {
+    pub async fn on(upstream: FakeUpstream, dir: std::sync::Arc<tempfile::TempDir>, o: Options) -> Env {
         let data = dir.path().join("data");
         let cfg = Config::from_toml(&config_text(&upstream.url(), &data, &o)).unwrap();
         let mirror = Mirror::new(&cfg).unwrap();
@@ -103,15 +94,7 @@ impl Env {
             .unwrap()
         });
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        Env {
-            upstream,
-            mirror,
-            url,
-            client,
-            data,
-            stop: Some(stop),
-            _dir: dir,
-        }
+        Env { upstream, mirror, url, client, data, stop: Some(stop), _dir: dir }
     }
 
     /// Stops this mirror and starts another over the same data and upstream.
@@ -123,19 +106,11 @@ impl Env {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap()
+        self.client.get(format!("{}{path}", self.url)).send().await.unwrap()
     }
 
     pub async fn head(&self, path: &str) -> reqwest::Response {
-        self.client
-            .head(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap()
+        self.client.head(format!("{}{path}", self.url)).send().await.unwrap()
     }
 
     /// Sends a request line verbatim (no client-side path normalisation),
@@ -149,15 +124,8 @@ impl Env {
         let mut out = Vec::new();
         s.read_to_end(&mut out).await.unwrap();
         let text = String::from_utf8_lossy(&out).to_string();
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
+        let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
         (status, body)
     }
 
@@ -195,9 +163,7 @@ fn walk(dir: &std::path::Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
 
 /// Deterministic pseudo-random bytes.
 pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x ^= x << 13;

@@ -30,24 +30,14 @@ impl Containerd {
             &dir.join("containerd.log"),
         );
         guard.wait_ready(Duration::from_secs(15), || socket.exists());
-        let containerd = Containerd {
-            socket,
-            dir: dir.to_path_buf(),
-            _guard: guard,
-        };
+        let containerd = Containerd { socket, dir: dir.to_path_buf(), _guard: guard };
         containerd.ctr("ctr version", &["version"]);
         containerd
     }
 
     /// Runs `ctr --address <socket> <args>` and panics unless it succeeds.
     pub fn ctr(&self, what: &str, args: &[&str]) -> ToolOutput {
-        run_tool(
-            what,
-            Command::new("ctr")
-                .arg("--address")
-                .arg(&self.socket)
-                .args(args),
-        )
+        run_tool(what, Command::new("ctr").arg("--address").arg(&self.socket).args(args))
     }
 
     /// Writes `<hosts>/<registry>/hosts.toml` sending both resolve and pull to
@@ -73,27 +63,14 @@ impl Containerd {
         let hosts = hosts_dir.to_str().expect("utf-8 hosts dir");
         self.ctr(
             &format!("ctr content fetch {reference}"),
-            &[
-                "content",
-                "fetch",
-                "--hosts-dir",
-                hosts,
-                "--plain-http",
-                "--all-platforms",
-                "--http-dump",
-                reference,
-            ],
+            &["content", "fetch", "--hosts-dir", hosts, "--plain-http", "--all-platforms", "--http-dump", reference],
         )
     }
 
     /// Digests of every blob in containerd's content store.
     pub fn content_digests(&self) -> Vec<String> {
         let out = self.ctr("ctr content ls", &["content", "ls", "-q"]);
-        out.stdout_str()
-            .lines()
-            .map(|l| l.trim().to_string())
-            .filter(|l| !l.is_empty())
-            .collect()
+        out.stdout_str().lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
     }
 
     /// Target digest of the image record `reference` created by the fetch.

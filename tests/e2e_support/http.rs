@@ -29,11 +29,7 @@ pub struct Response {
 impl Response {
     /// Header value as a string, empty when absent, for readable assertions.
     pub fn header(&self, name: &str) -> String {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string()
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
     }
 }
 
@@ -45,10 +41,7 @@ impl Default for Http {
 
 impl Http {
     pub fn new() -> Self {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("build tokio runtime");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("build tokio runtime");
         // no_proxy: every request in these tests targets 127.0.0.1.
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -70,13 +63,7 @@ impl Http {
     /// readiness polling.
     pub fn try_get(&self, url: &str) -> Option<Response> {
         self.rt.block_on(async {
-            let resp = self
-                .client
-                .get(url)
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                .ok()?;
+            let resp = self.client.get(url).timeout(Duration::from_secs(2)).send().await.ok()?;
             read(resp).await.ok()
         })
     }
@@ -87,13 +74,8 @@ impl Http {
             if let Some(accept) = accept {
                 req = req.header("Accept", accept);
             }
-            let resp = req
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{method} {url} failed: {e}"));
-            read(resp)
-                .await
-                .unwrap_or_else(|e| panic!("{method} {url}: reading body failed: {e}"))
+            let resp = req.send().await.unwrap_or_else(|e| panic!("{method} {url} failed: {e}"));
+            read(resp).await.unwrap_or_else(|e| panic!("{method} {url}: reading body failed: {e}"))
         })
     }
 }
@@ -102,9 +84,5 @@ async fn read(resp: reqwest::Response) -> reqwest::Result<Response> {
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.bytes().await?.to_vec();
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
+    Ok(Response { status, headers, body })
 }

@@ -23,8 +23,7 @@ impl Mirror {
     pub fn start(dir: &Path, http: &Http, upstream_port: u16, default_upstream: &str) -> Self {
         std::fs::create_dir_all(dir).expect("create mirror dir");
         let config = dir.join("config.toml");
-        std::fs::write(&config, mirror_config(dir, upstream_port, default_upstream))
-            .expect("write mirror config");
+        std::fs::write(&config, mirror_config(dir, upstream_port, default_upstream)).expect("write mirror config");
         let port = free_port();
         let mut guard = ChildGuard::spawn(
             "klts-mirror",
@@ -39,9 +38,7 @@ impl Mirror {
             &dir.join("mirror.stderr.log"),
         );
         let url = format!("http://127.0.0.1:{port}/v2/");
-        guard.wait_ready(STARTUP_TIMEOUT, || {
-            http.try_get(&url).is_some_and(|r| r.status == 200)
-        });
+        guard.wait_ready(STARTUP_TIMEOUT, || http.try_get(&url).is_some_and(|r| r.status == 200));
         Mirror { port, guard }
     }
 

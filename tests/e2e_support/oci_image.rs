@@ -66,8 +66,7 @@ impl ImageLayout {
 pub fn build_multi_arch_layout(root: &Path, name: &str) -> ImageLayout {
     let dir = root.join(name);
     fs::create_dir_all(dir.join("blobs/sha256")).expect("create layout blobs dir");
-    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
-        .expect("write oci-layout");
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("write oci-layout");
 
     let work = root.join(format!("{name}-work"));
     let platforms: Vec<PlatformImage> = [("linux", "amd64"), ("linux", "arm64")]
@@ -99,18 +98,9 @@ pub fn build_multi_arch_layout(root: &Path, name: &str) -> ImageLayout {
             "annotations": { "org.opencontainers.image.ref.name": LAYOUT_TAG },
         }],
     });
-    fs::write(
-        dir.join("index.json"),
-        serde_json::to_vec(&layout_index).unwrap(),
-    )
-    .expect("write index.json");
+    fs::write(dir.join("index.json"), serde_json::to_vec(&layout_index).unwrap()).expect("write index.json");
 
-    ImageLayout {
-        dir,
-        index_digest,
-        index_size,
-        platforms,
-    }
+    ImageLayout { dir, index_digest, index_size, platforms }
 }
 
 fn platform_json(os: &str, arch: &str) -> serde_json::Value {
@@ -149,13 +139,7 @@ fn build_platform_image(layout: &Path, work: &Path, os: &str, arch: &str) -> Pla
     });
     let (manifest_digest, _) = write_json_blob(layout, &manifest);
 
-    PlatformImage {
-        os: os.to_string(),
-        architecture: arch.to_string(),
-        manifest_digest,
-        config_digest,
-        layer_digest,
-    }
+    PlatformImage { os: os.to_string(), architecture: arch.to_string(), manifest_digest, config_digest, layer_digest }
 }
 
 /// Returns `(tar, tar.gz)` bytes of a tiny root filesystem. Uses GNU tar and
@@ -186,24 +170,15 @@ fn build_layer(work: &Path, os: &str, arch: &str) -> (Vec<u8>, Vec<u8>) {
             .arg("etc"),
     );
     let tar = fs::read(&tar_path).expect("read layer tar");
-    let gz = run_tool(
-        "gzip (compress layer)",
-        Command::new("gzip")
-            .arg("-n")
-            .arg("-6")
-            .arg("-c")
-            .arg(&tar_path),
-    )
-    .stdout;
+    let gz =
+        run_tool("gzip (compress layer)", Command::new("gzip").arg("-n").arg("-6").arg("-c").arg(&tar_path)).stdout;
     (tar, gz)
 }
 
 /// Deterministic incompressible bytes (xorshift seeded by the architecture),
 /// so each platform's layer is distinct and gzip cannot shrink it to nothing.
 fn pseudo_random(len: usize, seed: &str) -> Vec<u8> {
-    let mut state: u64 = seed.bytes().fold(0x9E37_79B9_7F4A_7C15, |acc, b| {
-        acc.rotate_left(5) ^ b as u64
-    });
+    let mut state: u64 = seed.bytes().fold(0x9E37_79B9_7F4A_7C15, |acc, b| acc.rotate_left(5) ^ b as u64);
     let mut out = Vec::with_capacity(len);
     while out.len() < len {
         state ^= state << 13;
@@ -230,7 +205,5 @@ fn write_blob(layout: &Path, bytes: &[u8]) -> String {
 
 fn blob_size(layout: &Path, digest: &str) -> u64 {
     let hex = digest.trim_start_matches("sha256:");
-    fs::metadata(layout.join("blobs/sha256").join(hex))
-        .expect("stat blob")
-        .len()
+    fs::metadata(layout.join("blobs/sha256").join(hex)).expect("stat blob").len()
 }

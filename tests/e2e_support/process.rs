@@ -19,11 +19,7 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(90);
 /// Panics (never skips) when a required binary is missing, pointing at the
 /// script that installs it, because a silently skipped e2e test proves nothing.
 pub fn require_tools(tools: &[&str]) {
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|tool| find_on_path(tool).is_none())
-        .collect();
+    let missing: Vec<&str> = tools.iter().copied().filter(|tool| find_on_path(tool).is_none()).collect();
     assert!(
         missing.is_empty(),
         "e2e test needs these tools on PATH but they are missing: {missing:?}; \
@@ -33,9 +29,7 @@ pub fn require_tools(tools: &[&str]) {
 
 fn find_on_path(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(tool))
-        .find(|candidate| candidate.is_file())
+    std::env::split_paths(&path).map(|dir| dir.join(tool)).find(|candidate| candidate.is_file())
 }
 
 /// A loopback port that was free a moment ago. Binding port 0 and dropping the
@@ -48,18 +42,10 @@ pub fn free_port() -> u16 {
 /// Removes proxy variables so children only ever talk to 127.0.0.1 directly,
 /// even on a machine whose environment sets a proxy.
 pub fn loopback_only(cmd: &mut Command) -> &mut Command {
-    for var in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-    ] {
+    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
         cmd.env_remove(var);
     }
-    cmd.env("NO_PROXY", "127.0.0.1,localhost")
-        .env("no_proxy", "127.0.0.1,localhost")
+    cmd.env("NO_PROXY", "127.0.0.1,localhost").env("no_proxy", "127.0.0.1,localhost")
 }
 
 /// A running service (registry, mirror, containerd). Dropping it kills the
@@ -84,12 +70,7 @@ impl ChildGuard {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("failed to start {name} ({cmd:?}): {e}"));
-        ChildGuard {
-            name: name.to_string(),
-            child,
-            log: log.to_path_buf(),
-            tail_bytes: DEFAULT_LOG_TAIL_BYTES,
-        }
+        ChildGuard { name: name.to_string(), child, log: log.to_path_buf(), tail_bytes: DEFAULT_LOG_TAIL_BYTES }
     }
 
     /// Limits the log tail printed on failure, for chatty services whose log
@@ -103,10 +84,7 @@ impl ChildGuard {
     /// such rather than as a timeout; the log is printed by `Drop`.
     pub fn assert_running(&mut self) {
         if let Some(status) = self.child.try_wait().expect("try_wait") {
-            panic!(
-                "{} exited unexpectedly with {status}; its log {:?} is printed below",
-                self.name, self.log
-            );
+            panic!("{} exited unexpectedly with {status}; its log {:?} is printed below", self.name, self.log);
         }
     }
 
@@ -125,10 +103,7 @@ impl ChildGuard {
                 return;
             }
             if Instant::now() > deadline {
-                panic!(
-                    "{} not ready after {timeout:?}; its log {:?} is printed below",
-                    self.name, self.log
-                );
+                panic!("{} not ready after {timeout:?}; its log {:?} is printed below", self.name, self.log);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -206,9 +181,7 @@ fn run_with_timeout(what: &str, cmd: &mut Command) -> (ExitStatus, ToolOutput) {
         .stdout(out.try_clone().expect("clone stdout file"))
         .stderr(err.try_clone().expect("clone stderr file"))
         .spawn()
-        .unwrap_or_else(|e| {
-            panic!("{what}: cannot start {cmd:?}: {e} (run `bash scripts/install-test-deps.sh`)")
-        });
+        .unwrap_or_else(|e| panic!("{what}: cannot start {cmd:?}: {e} (run `bash scripts/install-test-deps.sh`)"));
     let deadline = Instant::now() + TOOL_TIMEOUT;
     let status = loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
@@ -217,10 +190,7 @@ fn run_with_timeout(what: &str, cmd: &mut Command) -> (ExitStatus, ToolOutput) {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
-                "{what} timed out after {TOOL_TIMEOUT:?}\ncommand: {cmd:?}\nstderr:\n{}",
-                read_all(&mut err)
-            );
+            panic!("{what} timed out after {TOOL_TIMEOUT:?}\ncommand: {cmd:?}\nstderr:\n{}", read_all(&mut err));
         }
         std::thread::sleep(Duration::from_millis(20));
     };

@@ -68,11 +68,7 @@ pub fn pull_all(work: &Path, src: &str, out: &Path) -> PulledImage {
     );
     let index = std::fs::read(out.join("manifest.json"))
         .unwrap_or_else(|e| panic!("skopeo pull of {src}: no manifest.json in {out:?}: {e}"));
-    PulledImage {
-        dir: out.to_path_buf(),
-        index_digest: sha256_digest(&index),
-        stderr: output.stderr,
-    }
+    PulledImage { dir: out.to_path_buf(), index_digest: sha256_digest(&index), stderr: output.stderr }
 }
 
 /// Digest of the raw top-level manifest skopeo resolves for `reference`,
@@ -80,11 +76,7 @@ pub fn pull_all(work: &Path, src: &str, out: &Path) -> PulledImage {
 pub fn inspect_raw_digest(work: &Path, reference: &str) -> String {
     let out = run_tool(
         &format!("skopeo inspect --raw docker://{reference}"),
-        skopeo(work)
-            .arg("inspect")
-            .arg("--raw")
-            .arg("--tls-verify=false")
-            .arg(format!("docker://{reference}")),
+        skopeo(work).arg("inspect").arg("--raw").arg("--tls-verify=false").arg(format!("docker://{reference}")),
     );
     sha256_digest(&out.stdout)
 }

@@ -44,13 +44,8 @@ impl Upstream {
         )
         .with_log_tail(UPSTREAM_LOG_TAIL_BYTES);
         let url = format!("http://127.0.0.1:{port}/v2/");
-        guard.wait_ready(Duration::from_secs(15), || {
-            http.try_get(&url).is_some_and(|r| r.status == 200)
-        });
-        Upstream {
-            port,
-            _guard: guard,
-        }
+        guard.wait_ready(Duration::from_secs(15), || http.try_get(&url).is_some_and(|r| r.status == 200));
+        Upstream { port, _guard: guard }
     }
 
     /// Starts the registry and pushes `layout` to every repo in [`SEEDED`].

@@ -1,0 +1,76 @@
+//! The fixed command-line interface: configuration errors stop start-up
+//! with one line naming the key and exit code 2.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_klts-mirror");
+
+const BASE: &str = r#"
+[storage]
+backend = "memory"
+[upstreams."registry.k8s.io"]
+url = "https://registry.k8s.io"
+"#;
+
+/// Runs `serve` with `config` and returns (exit code, stderr).
+fn serve_with(config: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config", path.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn assert_config_error(config: &str, needle: &str) {
+    let (code, stderr) = serve_with(config);
+    assert_eq!(code, Some(2), "exit code for {needle}: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "exactly one line: {stderr}");
+    assert!(lines[0].contains(needle), "{needle:?} named in {:?}", lines[0]);
+}
+
+#[test]
+fn unknown_key() {
+    assert_config_error(&format!("lisen = \"0.0.0.0:5000\"\n{BASE}"), "lisen");
+}
+
+#[test]
+fn bad_duration() {
+    assert_config_error(&format!("{BASE}\n[cache]\ntag_ttl = \"soon\"\n"), "tag_ttl");
+}
+
+#[test]
+fn default_upstream_must_be_configured() {
+    assert_config_error(&format!("{BASE}\n[routing]\ndefault_upstream = \"docker.io\"\n"), "routing.default_upstream");
+}
+
+#[test]
+fn unwritable_storage_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let config = format!(
+        "[storage]\nbackend = \"filesystem\"\npath = \"{}/sub\"\n[upstreams.\"registry.k8s.io\"]\nurl = \"https://registry.k8s.io\"\n",
+        file.display()
+    );
+    assert_config_error(&config, "storage.path");
+}
+
+#[test]
+fn missing_config_file() {
+    let out = Command::new(BIN).args(["serve", "--config", "/nonexistent/klts.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/klts.toml"));
+}
+
+#[test]
+fn help_lists_the_fixed_flags() {
+    let out = Command::new(BIN).args(["serve", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("--config") && text.contains("--listen"), "{text}");
+    assert!(text.contains("./config.toml"), "default config path shown: {text}");
+}
