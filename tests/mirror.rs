@@ -564,3 +564,22 @@ async fn a_stale_answer_does_not_refresh_the_tag() {
     assert_eq!(x_cache(&env.get("/v2/pause/manifests/3.9").await), "HIT");
     assert_eq!(env.upstream.count("HEAD", "/manifests/3.9"), 3);
 }
+
+#[tokio::test]
+async fn basic_credentials_only_when_challenged_and_only_to_the_upstream() {
+    // SAFETY: no other thread of this test binary touches this variable.
+    unsafe { std::env::set_var("KLTS_TEST_BASIC_PASSWORD", "hunter2") };
+    let env =
+        Env::with(Options { credentials: Some(("klts", "KLTS_TEST_BASIC_PASSWORD")), ..Default::default() }).await;
+    *env.upstream.state.basic.lock().unwrap() = Some("Basic a2x0czpodW50ZXIy".into());
+    let (md, _) = env.upstream.add_image("pause", "3.10", bytes(10, 23));
+    let r = env.get("/v2/pause/manifests/3.10").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["docker-content-digest"], md.as_str());
+    let reqs = env.upstream.requests();
+    assert_eq!(reqs[0].authorization, None, "no credentials before a challenge");
+    assert_eq!(reqs[1].authorization.as_deref(), Some("Basic a2x0czpodW50ZXIy"));
+    // Wrong credentials: refused with DENIED, not retried forever.
+    *env.upstream.state.basic.lock().unwrap() = Some("Basic other".into());
+    assert_error(env.get("/v2/pause/manifests/other").await, 403, "DENIED").await;
+}

@@ -48,6 +48,8 @@ pub struct FakeState {
     pub throttle: Mutex<Option<Duration>>,
     /// Require `Authorization: Bearer <token>` (issued by /token).
     pub token: Mutex<Option<String>>,
+    /// Require this exact `Authorization: Basic …` value.
+    pub basic: Mutex<Option<String>>,
     /// Redirect blob GETs here (another fake), like registry.k8s.io does.
     pub redirect_blobs_to: Mutex<Option<String>>,
     /// Blob bytes sent so far (across all requests).
@@ -74,6 +76,7 @@ impl FakeUpstream {
             mode: Mutex::new(Mode::Normal),
             throttle: Mutex::default(),
             token: Mutex::default(),
+            basic: Mutex::default(),
             redirect_blobs_to: Mutex::default(),
             blob_bytes_sent: Mutex::default(),
         });
@@ -197,6 +200,13 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
         _ => {}
+    }
+    if let Some(expected) = st.basic.lock().unwrap().clone() {
+        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+            let mut r = error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+            r.headers_mut().insert("www-authenticate", r#"Basic realm="fake""#.parse().unwrap());
+            return r;
+        }
     }
     if let Some(token) = st.token.lock().unwrap().clone() {
         let expected = format!("Bearer {token}");

@@ -29,11 +29,19 @@ pub struct Options {
     pub offline: bool,
     pub read_timeout: &'static str,
     pub default_upstream: &'static str,
+    /// `(username, password_env)` for the registry.k8s.io upstream.
+    pub credentials: Option<(&'static str, &'static str)>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { tag_ttl: "5m", offline: false, read_timeout: "2s", default_upstream: "registry.k8s.io" }
+        Options {
+            tag_ttl: "5m",
+            offline: false,
+            read_timeout: "2s",
+            default_upstream: "registry.k8s.io",
+            credentials: None,
+        }
     }
 }
 
@@ -49,6 +57,7 @@ url = "{upstream}"
 aliases = ["k8s.gcr.io"]
 read_timeout = "{rt}"
 connect_timeout = "2s"
+{creds}
 [upstreams."docker.io"]
 url = "{upstream}"
 read_timeout = "{rt}"
@@ -63,6 +72,8 @@ offline = {offline}
         du = o.default_upstream,
         ttl = o.tag_ttl,
         offline = o.offline,
+        creds =
+            o.credentials.map(|(u, env)| format!("username = \"{u}\"\npassword_env = \"{env}\"")).unwrap_or_default(),
     )
 }
 
