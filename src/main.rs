@@ -11,6 +11,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use klts_mirror::{Config, Mirror};
 
+/// The request path allocates a handful of small objects per request;
+/// mimalloc's thread-local free lists make that ~2x cheaper than glibc's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "klts-mirror", version, about = "Pull-through OCI registry mirror for Kubernetes LTS images")]
 struct Cli {

@@ -135,15 +135,37 @@ impl Weighter<Digest, Arc<StoredManifest>> for ManifestWeighter {
     }
 }
 
-/// A tag link as last read from (or written to) the store.
-#[derive(Clone)]
-struct TagEntry {
-    link: Option<TagLink>,
-    loaded: Instant,
+/// What memory knows about one tag of one repository, so that a warm
+/// request by tag costs one lookup and no I/O.
+#[derive(Clone, Default)]
+struct TagState {
+    /// The published or pinned link as last read from the store, and when
+    /// (`None` until first read).
+    local: Option<(Option<(Class, Digest)>, Instant)>,
+    /// The cached-class link; memory is write-through for this class.
+    cached: Option<TagLink>,
 }
 
-type TagKey = (Class, RepoKey, Tag);
-type TagFlightKey = (RepoKey, Tag);
+type TagKey = (RepoKey, Tag);
+
+/// Borrowed `TagKey` for lookups without cloning; hashes exactly like the
+/// tuple (fields in order).
+#[derive(Hash)]
+struct TagKeyRef<'a>(&'a RepoKey, &'a Tag);
+
+impl quick_cache::Equivalent<TagKey> for TagKeyRef<'_> {
+    fn equivalent(&self, k: &TagKey) -> bool {
+        self.0 == &k.0 && self.1 == &k.1
+    }
+}
+
+/// Read-modify-write of one tag's state. Races between two writers only
+/// lose a memory entry, which is reloaded from the store.
+fn update_tag(tags: &Cache<TagKey, TagState>, key: &RepoKey, tag: &Tag, f: impl FnOnce(&mut TagState)) {
+    let mut state = tags.get(&TagKeyRef(key, tag)).unwrap_or_default();
+    f(&mut state);
+    tags.insert((key.clone(), tag.clone()), state);
+}
 
 pub struct Proxy {
     store: Arc<Store>,
@@ -156,8 +178,8 @@ pub struct Proxy {
     manifests: Arc<Cache<Digest, Arc<StoredManifest>, ManifestWeighter>>,
     /// Tag links by class; cached-class entries are write-through, local
     /// classes are rechecked after `LOCAL_TAG_RECHECK`.
-    tags: Arc<Cache<TagKey, TagEntry>>,
-    tag_flights: Arc<Group<TagFlightKey, (Arc<StoredManifest>, CacheStatus), Error>>,
+    tags: Arc<Cache<TagKey, TagState>>,
+    tag_flights: Arc<Group<TagKey, (Arc<StoredManifest>, CacheStatus), Error>>,
     manifest_flights: Arc<Group<Digest, Arc<StoredManifest>, Error>>,
     fills: Arc<Fills>,
 }
@@ -275,16 +297,34 @@ impl Proxy {
     }
 
     async fn manifest_by_tag(&self, key: &RepoKey, tag: &Tag) -> Result<(Arc<StoredManifest>, CacheStatus)> {
-        for class in [Class::Published, Class::Pinned] {
-            if let Some(link) = self.local_tag(class, key, tag).await? {
-                let m = self.local_manifest(&link.digest).await?.ok_or_else(|| {
-                    tracing::error!(repo = %key, %tag, digest = %link.digest, class = class.as_str(), "tag points to a missing manifest");
-                    Error::ManifestUnknown
-                })?;
-                return Ok((m, CacheStatus::Hit));
+        let state = self.tags.get(&TagKeyRef(key, tag)).unwrap_or_default();
+        let local = match state.local {
+            Some((link, loaded)) if loaded.elapsed() < LOCAL_TAG_RECHECK => link,
+            _ => {
+                let link = self.read_local_tag(key, tag).await?;
+                let l = link.clone();
+                update_tag(&self.tags, key, tag, |s| s.local = Some((l, Instant::now())));
+                link
             }
+        };
+        if let Some((class, digest)) = local {
+            let m = self.local_manifest(&digest).await?.ok_or_else(|| {
+                tracing::error!(repo = %key, %tag, %digest, class = class.as_str(), "tag points to a missing manifest");
+                Error::ManifestUnknown
+            })?;
+            return Ok((m, CacheStatus::Hit));
         }
-        let cached = self.cached_tag(key, tag).await?;
+        let cached = match state.cached {
+            Some(link) => Some(link),
+            None => {
+                let link = self.store.get_tag(Class::Cached, key, tag).await?;
+                if let Some(l) = &link {
+                    let l = l.clone();
+                    update_tag(&self.tags, key, tag, |s| s.cached = Some(l));
+                }
+                link
+            }
+        };
         if let Some(link) = &cached {
             let age = now_secs().saturating_sub(link.checked);
             if self.offline || Duration::from_secs(age) < self.tag_ttl {
@@ -323,44 +363,21 @@ impl Proxy {
             // A stale answer leaves the link as it was, so the next request
             // tries upstream again instead of trusting an unconfirmed tag.
             if let Ok((m, CacheStatus::Hit | CacheStatus::Miss)) = &out {
-                tags.insert(
-                    (Class::Cached, ctx.key.clone(), ctx.tag.clone()),
-                    TagEntry {
-                        link: Some(TagLink { digest: m.digest.clone(), checked: now_secs() }),
-                        loaded: Instant::now(),
-                    },
-                );
+                let link = TagLink { digest: m.digest.clone(), checked: now_secs() };
+                update_tag(&tags, &ctx.key, &ctx.tag, |s| s.cached = Some(link));
             }
             out
         }
     }
 
-    /// A published or pinned tag, through the short-lived memory entry.
-    async fn local_tag(&self, class: Class, key: &RepoKey, tag: &Tag) -> Result<Option<TagLink>> {
-        let k = (class, key.clone(), tag.clone());
-        if let Some(e) = self.tags.get(&k) {
-            if e.loaded.elapsed() < LOCAL_TAG_RECHECK {
-                return Ok(e.link);
+    /// The published tag, else the pinned one, from the store.
+    async fn read_local_tag(&self, key: &RepoKey, tag: &Tag) -> Result<Option<(Class, Digest)>> {
+        for class in [Class::Published, Class::Pinned] {
+            if let Some(link) = self.store.get_tag(class, key, tag).await? {
+                return Ok(Some((class, link.digest)));
             }
         }
-        let link = self.store.get_tag(class, key, tag).await?;
-        self.tags.insert(k, TagEntry { link: link.clone(), loaded: Instant::now() });
-        Ok(link)
-    }
-
-    /// The cached-class tag link; memory is write-through for this class.
-    async fn cached_tag(&self, key: &RepoKey, tag: &Tag) -> Result<Option<TagLink>> {
-        let k = (Class::Cached, key.clone(), tag.clone());
-        if let Some(e) = self.tags.get(&k) {
-            if e.link.is_some() {
-                return Ok(e.link);
-            }
-        }
-        let link = self.store.get_tag(Class::Cached, key, tag).await?;
-        if link.is_some() {
-            self.tags.insert(k, TagEntry { link: link.clone(), loaded: Instant::now() });
-        }
-        Ok(link)
+        Ok(None)
     }
 
     /// Records a published or pinned tag (the push and import paths use
@@ -368,7 +385,9 @@ impl Proxy {
     pub async fn put_local_tag(&self, class: Class, key: &RepoKey, tag: &Tag, digest: &Digest) -> Result<()> {
         let link = TagLink { digest: digest.clone(), checked: 0 };
         self.store.put_tag(class, key, tag, &link).await?;
-        self.tags.insert((class, key.clone(), tag.clone()), TagEntry { link: Some(link), loaded: Instant::now() });
+        // Re-read so that a published tag still wins over a pinned one.
+        let local = self.read_local_tag(key, tag).await?;
+        update_tag(&self.tags, key, tag, |s| s.local = Some((local, Instant::now())));
         Ok(())
     }
 
