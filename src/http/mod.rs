@@ -99,10 +99,25 @@ fn hv(s: &str) -> HeaderValue {
 }
 
 fn content_headers(h: &mut HeaderMap, digest: &Digest, cache: CacheStatus) {
-    let d = digest.to_string();
-    h.insert(header::ETAG, hv(&format!("\"{d}\"")));
-    h.insert(DOCKER_CONTENT_DIGEST, hv(&d));
+    // Both values are slices of the digest's shared text: no allocation.
+    if let Ok(v) = HeaderValue::from_maybe_shared(digest.quoted_bytes()) {
+        h.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_maybe_shared(digest.text_bytes()) {
+        h.insert(DOCKER_CONTENT_DIGEST, v);
+    }
     h.insert(X_CACHE, HeaderValue::from_static(cache.as_str()));
+}
+
+/// The manifest media types every client uses are static header values.
+fn media_type_value(m: &str) -> HeaderValue {
+    use crate::oci::media::*;
+    for known in [OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST_V2] {
+        if m == known {
+            return HeaderValue::from_static(known);
+        }
+    }
+    hv(m)
 }
 
 async fn manifest(proxy: &Proxy, key: &RepoKey, reference: &Reference, head: bool) -> Result<Response, ApiError> {
@@ -114,7 +129,7 @@ fn manifest_response(m: &StoredManifest, cache: CacheStatus, head: bool) -> Resp
     let body = if head { Body::empty() } else { Body::from(m.body.clone()) };
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, hv(&m.media_type));
+    h.insert(header::CONTENT_TYPE, media_type_value(&m.media_type));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(m.body.len()));
     content_headers(h, &m.digest, cache);
     resp

@@ -11,12 +11,20 @@ use sha2::{Digest as _, Sha256};
 
 /// A parsed `sha256:<64 lowercase hex>` digest.
 ///
-/// Invariant: `hex` is exactly 64 characters of `[0-9a-f]`, so it is safe
-/// to use as a path segment and never needs escaping.
+/// Invariant: the hex part is exactly 64 characters of `[0-9a-f]`, so it is
+/// safe to use as a path segment and never needs escaping.
+///
+/// Stored once as the quoted text `"sha256:<hex>"`: cloning is a reference
+/// count, and the `Docker-Content-Digest` and `ETag` header values are
+/// slices of it, so a warm response allocates nothing for them.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest {
-    hex: String,
+    quoted: bytes::Bytes,
 }
+
+/// `"sha256:` — the quote plus the algorithm prefix.
+const PREFIX: usize = 8;
+const QUOTED_LEN: usize = PREFIX + 64 + 1;
 
 /// Why a digest string was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,12 +41,36 @@ impl Digest {
     /// Computes the digest of a complete byte slice (manifests; blobs are
     /// hashed incrementally with [`Verifier`]).
     pub fn of(bytes: &[u8]) -> Digest {
-        Digest { hex: hex::encode(Sha256::digest(bytes)) }
+        Digest::from_hex(&hex::encode(Sha256::digest(bytes)))
+    }
+
+    fn from_hex(hex: &str) -> Digest {
+        debug_assert_eq!(hex.len(), 64);
+        let mut quoted = Vec::with_capacity(QUOTED_LEN);
+        quoted.extend_from_slice(b"\"sha256:");
+        quoted.extend_from_slice(hex.as_bytes());
+        quoted.push(b'"');
+        Digest { quoted: quoted.into() }
+    }
+
+    /// `sha256:<hex>`, as sent in `Docker-Content-Digest`.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.quoted[1..QUOTED_LEN - 1]).expect("digest text is ASCII")
+    }
+
+    /// `sha256:<hex>` as shared bytes (for header values).
+    pub fn text_bytes(&self) -> bytes::Bytes {
+        self.quoted.slice(1..QUOTED_LEN - 1)
+    }
+
+    /// `"sha256:<hex>"` with quotes, as shared bytes (an ETag).
+    pub fn quoted_bytes(&self) -> bytes::Bytes {
+        self.quoted.clone()
     }
 
     /// The 64 hex characters, without the algorithm prefix.
     pub fn hex(&self) -> &str {
-        &self.hex
+        &self.as_str()[PREFIX - 1..]
     }
 
     /// The algorithm name; always `sha256` for now.
@@ -65,13 +97,13 @@ impl FromStr for Digest {
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(DigestError::BadHex);
         }
-        Ok(Digest { hex: hex.to_string() })
+        Ok(Digest::from_hex(hex))
     }
 }
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.hex)
+        f.write_str(self.as_str())
     }
 }
 
@@ -115,7 +147,7 @@ impl Verifier {
 
     /// Finishes hashing and returns the digest of everything seen.
     pub fn finish(self) -> Digest {
-        Digest { hex: hex::encode(self.hasher.finalize()) }
+        Digest::from_hex(&hex::encode(self.hasher.finalize()))
     }
 }
 
@@ -130,6 +162,10 @@ mod tests {
         let d: Digest = EMPTY.parse().unwrap();
         assert_eq!(d.to_string(), EMPTY);
         assert_eq!(d.hex().len(), 64);
+        assert_eq!(d.hex(), &EMPTY[7..]);
+        assert_eq!(d.as_str(), EMPTY);
+        assert_eq!(&d.text_bytes()[..], EMPTY.as_bytes());
+        assert_eq!(d.quoted_bytes(), format!("\"{EMPTY}\""));
         assert_eq!(Digest::of(b""), d);
     }
 

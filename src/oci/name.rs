@@ -199,13 +199,14 @@ impl fmt::Display for Reference {
 /// tags and cache entries.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RepoKey {
-    upstream: String,
+    /// Shared: routing hands out clones of one `Arc` per upstream.
+    upstream: std::sync::Arc<str>,
     repo: RepoName,
 }
 
 impl RepoKey {
     /// `upstream` must be a validated upstream name (see `config`).
-    pub fn new(upstream: String, repo: RepoName) -> RepoKey {
+    pub fn new(upstream: std::sync::Arc<str>, repo: RepoName) -> RepoKey {
         RepoKey { upstream, repo }
     }
 

@@ -51,10 +51,9 @@ impl From<NameError> for RouteError {
     }
 }
 
-fn name(components: &[&str]) -> Result<RepoName, RouteError> {
-    let joined = components.join("/");
+fn name(joined: &str) -> Result<RepoName, RouteError> {
     if joined.contains('%') {
-        return Err(RouteError::NameInvalid(joined));
+        return Err(RouteError::NameInvalid(joined.to_string()));
     }
     Ok(joined.parse()?)
 }
@@ -62,8 +61,8 @@ fn name(components: &[&str]) -> Result<RepoName, RouteError> {
 /// Percent-decodes a single reference/digest segment. Clients do not encode
 /// `:` in practice, but decoding it is harmless because the result is then
 /// checked against the tag/digest grammar, which admits neither `/` nor `%`.
-fn segment(s: &str) -> String {
-    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
+fn segment(s: &str) -> std::borrow::Cow<'_, str> {
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy()
 }
 
 /// Parses a raw request path.
@@ -75,14 +74,14 @@ pub fn parse(path: &str) -> Result<V2Route, RouteError> {
     if rest == "_catalog" {
         return Ok(V2Route::Catalog);
     }
-    let parts: Vec<&str> = rest.split('/').collect();
-    let n = parts.len();
-    // Every endpoint below has at least one name component plus two more.
-    if n < 3 {
-        return Err(if rest.is_empty() { RouteError::NotFound } else { RouteError::NameInvalid(rest.into()) });
-    }
-    let (head, tail2) = parts.split_at(n - 2);
-    match (tail2[0], tail2[1]) {
+    // Every endpoint has at least one name component plus two more; the
+    // name is everything before the last two components.
+    let mut it = rest.rsplitn(3, '/');
+    let (last, second, head) = match (it.next(), it.next(), it.next()) {
+        (Some(l), Some(s), Some(h)) => (l, s, h),
+        _ => return Err(if rest.is_empty() { RouteError::NotFound } else { RouteError::NameInvalid(rest.into()) }),
+    };
+    match (second, last) {
         ("tags", "list") => Ok(V2Route::TagsList { name: name(head)? }),
         ("manifests", r) => {
             let name = name(head)?;
@@ -97,13 +96,13 @@ pub fn parse(path: &str) -> Result<V2Route, RouteError> {
             let name = name(head)?;
             Ok(V2Route::Referrers { name, digest: segment(d).parse()? })
         }
+        // `/v2/<name>/blobs/uploads/<uuid>` and `/v2/<name>/blobs/uploads/`.
+        ("uploads", _) if head.ends_with("/blobs") => {
+            Ok(V2Route::Upload { name: name(&head[..head.len() - "/blobs".len()])? })
+        }
         _ => {
-            // `/v2/<name>/blobs/uploads/<uuid>` and `/v2/<name>/blobs/uploads/`.
-            if n >= 4 && parts[n - 2] == "uploads" && parts[n - 3] == "blobs" {
-                return Ok(V2Route::Upload { name: name(&parts[..n - 3])? });
-            }
             // Validate the name anyway, so traversal attempts get NAME_INVALID.
-            name(&parts[..n - 2])?;
+            name(head)?;
             Err(RouteError::NotFound)
         }
     }

@@ -7,6 +7,7 @@
 //! upstreams are ever selected: the mirror is not an open proxy.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::config::Config;
 use crate::oci::{RepoKey, RepoName};
@@ -26,20 +27,25 @@ pub enum RoutingError {
 /// Upstream names and aliases → canonical names.
 #[derive(Debug, Clone)]
 pub struct RoutingTable {
-    names: HashMap<String, String>,
-    default: String,
+    names: HashMap<String, Arc<str>>,
+    default: Arc<str>,
 }
 
 impl RoutingTable {
     pub fn new(cfg: &Config) -> RoutingTable {
         let mut names = HashMap::new();
         for (name, up) in &cfg.upstreams {
-            names.insert(name.clone(), name.clone());
+            let canonical: Arc<str> = name.as_str().into();
+            names.insert(name.clone(), canonical.clone());
             for alias in &up.aliases {
-                names.insert(alias.clone(), name.clone());
+                names.insert(alias.clone(), canonical.clone());
             }
         }
-        RoutingTable { names, default: cfg.routing.default_upstream.clone() }
+        let default = names
+            .get(&cfg.routing.default_upstream)
+            .cloned()
+            .unwrap_or_else(|| cfg.routing.default_upstream.as_str().into());
+        RoutingTable { names, default }
     }
 
     /// Resolves a request's repository name (and `ns`, if any) to its key.
@@ -58,13 +64,13 @@ impl RoutingTable {
         } else {
             (self.default.clone(), name.clone())
         };
-        let repo = if upstream == DOCKER_HUB && repo.depth() == 1 { repo.prefixed("library") } else { repo };
+        let repo = if &*upstream == DOCKER_HUB && repo.depth() == 1 { repo.prefixed("library") } else { repo };
         Ok(RepoKey::new(upstream, repo))
     }
 
     /// Whether `upstream` (canonical) is the Kubernetes image registry.
     pub fn is_kubernetes(&self, upstream: &str) -> bool {
-        self.names.iter().any(|(alias, canonical)| canonical == upstream && KUBERNETES.contains(&alias.as_str()))
+        self.names.iter().any(|(alias, canonical)| &**canonical == upstream && KUBERNETES.contains(&alias.as_str()))
     }
 }
 
