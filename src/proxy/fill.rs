@@ -40,6 +40,8 @@ use crate::upstream::{self, BlobBody};
 
 /// Upstream chunks gathered into one write when they are already waiting.
 const BATCH_CHUNKS: usize = 32;
+/// Bytes of recently written batches kept in memory for readers.
+const WINDOW_BYTES: u64 = 8 * 1024 * 1024;
 /// Batches queued between the network and the writer thread.
 const QUEUED_BATCHES: usize = 2;
 
@@ -56,9 +58,10 @@ pub struct FillState {
     pub verified: bool,
     /// The fill failed; readers fail with this.
     pub error: Option<Error>,
-    /// The batch written last, still in memory: readers that are caught up
-    /// take their bytes from here without touching the file.
-    pub recent: Option<Arc<Batch>>,
+    /// The batches written last, still in memory (about `WINDOW_BYTES`):
+    /// readers that keep up take their bytes from here, zero-copy, without
+    /// touching the file.
+    pub recent: std::collections::VecDeque<Arc<Batch>>,
 }
 
 /// Chunks written to the spool file at offset `start`, kept for caught-up
@@ -70,6 +73,10 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Offset just past this batch.
+    fn end(&self) -> u64 {
+        self.start + self.chunks.iter().map(|c| c.len() as u64).sum::<u64>()
+    }
     /// The bytes at `pos..stop` that lie in one chunk of this batch, if `pos`
     /// falls inside the batch.
     fn slice(&self, pos: u64, stop: u64) -> Option<Bytes> {
@@ -188,33 +195,44 @@ impl Job {
             s.size = announced;
         });
 
-        // Hashing and writing happen on a blocking thread so the network
-        // side keeps reading while the previous batch is written.
-        let (batches, mut rx) = mpsc::channel::<Vec<Bytes>>(QUEUED_BATCHES);
+        // Writing and hashing run on two blocking threads, side by side, so
+        // a batch costs max(write, hash) rather than their sum, while the
+        // network side keeps reading. Both see the same shared batches.
+        let (to_writer, mut writer_rx) = mpsc::channel::<Arc<Batch>>(QUEUED_BATCHES);
+        let (to_hasher, mut hasher_rx) = mpsc::channel::<Arc<Batch>>(QUEUED_BATCHES);
         let (file, state) = (self.file.clone(), self.state.clone());
-        let writer = tokio::task::spawn_blocking(move || -> io::Result<Verifier> {
-            let mut verifier = Verifier::new();
-            while let Some(batch) = rx.blocking_recv() {
-                let start = verifier.len();
-                for chunk in &batch {
+        let writer = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            while let Some(batch) = writer_rx.blocking_recv() {
+                for chunk in &batch.chunks {
                     (&*file).write_all(chunk)?;
-                    verifier.update(chunk);
                 }
-                let n = verifier.len();
-                let recent = Arc::new(Batch { start, chunks: batch });
+                let n = batch.end();
                 state.send_modify(|s| {
                     s.written = n;
-                    s.recent = Some(recent);
+                    s.recent.push_back(batch);
+                    while s.recent.len() > 1 && n - s.recent[0].end() >= WINDOW_BYTES {
+                        s.recent.pop_front();
+                    }
                 });
             }
-            Ok(verifier)
+            Ok(())
+        });
+        let hasher = tokio::task::spawn_blocking(move || {
+            let mut verifier = Verifier::new();
+            while let Some(batch) = hasher_rx.blocking_recv() {
+                for chunk in &batch.chunks {
+                    verifier.update(chunk);
+                }
+            }
+            verifier
         });
 
         let mut chunks = body.stream.ready_chunks(BATCH_CHUNKS);
         let mut failed = None;
-        while let Some(batch) = chunks.next().await {
-            let mut ok = Vec::with_capacity(batch.len());
-            for item in batch {
+        let mut received = 0u64;
+        while let Some(items) = chunks.next().await {
+            let mut ok = Vec::with_capacity(items.len());
+            for item in items {
                 match item {
                     Ok(b) => ok.push(b),
                     Err(e) => {
@@ -223,18 +241,23 @@ impl Job {
                     }
                 }
             }
-            if !ok.is_empty() && batches.send(ok).await.is_err() {
-                break; // the writer failed; its error is reported below
+            if !ok.is_empty() {
+                let batch = Arc::new(Batch { start: received, chunks: ok });
+                received = batch.end();
+                if to_hasher.send(batch.clone()).await.is_err() || to_writer.send(batch).await.is_err() {
+                    break; // a worker failed; its error is reported below
+                }
             }
             if failed.is_some() {
                 break;
             }
         }
-        drop(batches);
-        let verifier = writer
+        drop((to_writer, to_hasher));
+        writer
             .await
             .map_err(|e| Error::Internal(e.to_string()))?
             .map_err(|e| Error::Storage(format!("writing spool file: {e}")))?;
+        let verifier = hasher.await.map_err(|e| Error::Internal(e.to_string()))?;
         if let Some(e) = failed {
             return Err(Error::Upstream(e));
         }
@@ -250,7 +273,7 @@ impl Job {
             s.size = Some(got);
             s.written = got;
             s.verified = true;
-            s.recent = None;
+            s.recent.clear();
         });
         Ok(())
     }
@@ -308,7 +331,7 @@ impl Fill {
                             return Ok(None);
                         }
                         let stop = end.map_or(released, |e| e.min(released));
-                        if let Some(chunk) = s.recent.as_ref().and_then(|b| b.slice(pos, stop)) {
+                        if let Some(chunk) = s.recent.iter().rev().find_map(|b| b.slice(pos, stop)) {
                             let next = pos + chunk.len() as u64;
                             drop(s);
                             return Ok(Some((chunk, (next, rx))));
