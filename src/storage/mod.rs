@@ -139,10 +139,33 @@ pub fn file_range(file: Arc<std::fs::File>, start: u64, end: u64) -> ByteStream 
 
 /// Reads exactly `len` bytes at `offset`; a short file is an error, never a
 /// silently short body.
+///
+/// The kernel writes straight into the buffer's spare capacity: zeroing it
+/// first would cost a memset per byte served.
 pub fn read_exact_at(file: &std::fs::File, offset: u64, len: usize) -> io::Result<Bytes> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = BytesMut::zeroed(len);
-    file.read_exact_at(&mut buf, offset)?;
+    use std::os::fd::AsRawFd;
+    let mut buf = BytesMut::with_capacity(len);
+    while buf.len() < len {
+        let filled = buf.len();
+        let at = offset + filled as u64;
+        let spare = &mut buf.spare_capacity_mut()[..len - filled];
+        // SAFETY: pread writes at most `spare.len()` bytes into memory we own
+        // (the buffer's spare capacity) and reports how many it wrote; only
+        // those bytes are marked initialised below.
+        let n = unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), at as libc::off_t) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shorter than expected"));
+        }
+        // SAFETY: the kernel initialised exactly `n` more bytes.
+        unsafe { buf.set_len(buf.len() + n as usize) };
+    }
     Ok(buf.freeze())
 }
 
