@@ -41,7 +41,7 @@ use crate::upstream::{self, BlobBody};
 /// Upstream chunks gathered into one write when they are already waiting.
 const BATCH_CHUNKS: usize = 32;
 /// Bytes of recently written batches kept in memory for readers.
-const WINDOW_BYTES: u64 = 8 * 1024 * 1024;
+const WINDOW_BYTES: u64 = 4 * 1024 * 1024;
 /// Batches queued between the network and the writer thread.
 const QUEUED_BATCHES: usize = 2;
 
