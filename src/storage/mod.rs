@@ -193,6 +193,7 @@ impl Store {
                 let root = std::fs::canonicalize(&cfg.path).map_err(|e| unusable(&cfg.path, e))?;
                 let spool_dir = cfg.spool_path.clone().unwrap_or_else(|| root.join(paths::SPOOL_DIR));
                 probe_writable(&spool_dir).map_err(|e| unusable(&spool_dir, e))?;
+                remove_abandoned_spools(&spool_dir);
                 let objects = LocalFileSystem::new_with_prefix(&root).map_err(io::Error::other)?;
                 Ok(Store { objects: Arc::new(objects), local_root: Some(root), spool_dir })
             }
@@ -375,6 +376,24 @@ fn now_nanos() -> u128 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
 
+/// A fill untouched for this long belongs to a process that died mid-fill.
+const ABANDONED_SPOOL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Deletes spool files left behind by a crash. Only the spool directory is
+/// read (never the blob tree), so start-up stays O(fills in progress).
+fn remove_abandoned_spools(dir: &FsPath) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let stale = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age > ABANDONED_SPOOL));
+        if stale {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => tracing::info!(path = %e.path().display(), "removed abandoned spool file"),
+                Err(err) => tracing::warn!(path = %e.path().display(), error = %err, "cannot remove abandoned spool file"),
+            }
+        }
+    }
+}
+
 fn probe_writable(dir: &FsPath) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let probe = dir.join(format!(".probe-{}", std::process::id()));
@@ -468,6 +487,19 @@ mod tests {
         let file = dir.path().join(paths::manifest(&m.digest).as_ref());
         std::fs::write(&file, b"x\n{\"evil\":1}").unwrap();
         assert!(store.get_manifest(&m.digest).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn abandoned_spool_files_are_removed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StorageConfig { path: dir.path().join("data"), ..Default::default() };
+        let store = Store::open(&cfg).unwrap();
+        let (fresh, _) = store.create_spool().unwrap();
+        let (old, f) = store.create_spool().unwrap();
+        f.set_modified(SystemTime::now() - std::time::Duration::from_secs(3600)).unwrap();
+        drop(Store::open(&cfg).unwrap());
+        assert!(fresh.exists(), "a fill that may still be running is kept");
+        assert!(!old.exists(), "an abandoned fill is removed");
     }
 
     #[test]
