@@ -88,13 +88,13 @@ impl FromStr for Digest {
             return Err(DigestError::Malformed);
         }
         // Grammar from the OCI image spec: algorithm-component [+._-] separated.
-        if !alg.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b)) {
+        if alg != "sha256" && !alg.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b)) {
             return Err(DigestError::Malformed);
         }
         if alg != "sha256" {
             return Err(DigestError::UnsupportedAlgorithm(alg.to_string()));
         }
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(DigestError::BadHex);
         }
         Ok(Digest::from_hex(hex))

@@ -62,6 +62,9 @@ fn name(joined: &str) -> Result<RepoName, RouteError> {
 /// `:` in practice, but decoding it is harmless because the result is then
 /// checked against the tag/digest grammar, which admits neither `/` nor `%`.
 fn segment(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains('%') {
+        return std::borrow::Cow::Borrowed(s); // the common case, for free
+    }
     percent_encoding::percent_decode_str(s).decode_utf8_lossy()
 }
 
