@@ -88,7 +88,8 @@ impl FromStr for Digest {
             return Err(DigestError::Malformed);
         }
         // Grammar from the OCI image spec: algorithm-component [+._-] separated.
-        if alg != "sha256" && !alg.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b)) {
+        if alg != "sha256" && !alg.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
+        {
             return Err(DigestError::Malformed);
         }
         if alg != "sha256" {

@@ -384,11 +384,14 @@ const ABANDONED_SPOOL: std::time::Duration = std::time::Duration::from_secs(600)
 fn remove_abandoned_spools(dir: &FsPath) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for e in entries.flatten() {
-        let stale = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age > ABANDONED_SPOOL));
+        let stale =
+            e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age > ABANDONED_SPOOL));
         if stale {
             match std::fs::remove_file(e.path()) {
                 Ok(()) => tracing::info!(path = %e.path().display(), "removed abandoned spool file"),
-                Err(err) => tracing::warn!(path = %e.path().display(), error = %err, "cannot remove abandoned spool file"),
+                Err(err) => {
+                    tracing::warn!(path = %e.path().display(), error = %err, "cannot remove abandoned spool file")
+                }
             }
         }
     }
