@@ -260,17 +260,8 @@ impl Proxy {
         Ok((m, CacheStatus::Miss))
     }
 
-    /// A manifest from memory or the store.
     async fn local_manifest(&self, d: &Digest) -> Result<Option<Arc<StoredManifest>>> {
-        if let Some(m) = self.manifests.get(d) {
-            return Ok(Some(m));
-        }
-        let Some(m) = self.store.get_manifest(d).await? else {
-            return Ok(None);
-        };
-        let m = Arc::new(m);
-        self.manifests.insert(d.clone(), m.clone());
-        Ok(Some(m))
+        local_manifest(&self.manifests, &self.store, d).await
     }
 
     async fn fetch_manifest_by_digest(&self, key: &RepoKey, d: &Digest) -> Result<Arc<StoredManifest>> {
@@ -516,10 +507,7 @@ impl TagWork {
     }
 
     async fn local(&self, d: &Digest) -> Result<Option<Arc<StoredManifest>>> {
-        if let Some(m) = self.manifests.get(d) {
-            return Ok(Some(m));
-        }
-        Ok(self.store.get_manifest(d).await?.map(Arc::new))
+        local_manifest(&self.manifests, &self.store, d).await
     }
 
     async fn fetch_by_tag(&self, up: &Arc<Upstream>) -> Result<Arc<StoredManifest>> {
@@ -542,6 +530,23 @@ impl TagWork {
         self.store.put_tag(Class::Cached, &self.key, &self.tag, &link).await?;
         Ok(())
     }
+}
+
+/// A manifest from memory, else from the store (then kept in memory).
+async fn local_manifest(
+    manifests: &Cache<Digest, Arc<StoredManifest>, ManifestWeighter>,
+    store: &Store,
+    d: &Digest,
+) -> Result<Option<Arc<StoredManifest>>> {
+    if let Some(m) = manifests.get(d) {
+        return Ok(Some(m));
+    }
+    let Some(m) = store.get_manifest(d).await? else {
+        return Ok(None);
+    };
+    let m = Arc::new(m);
+    manifests.insert(d.clone(), m.clone());
+    Ok(Some(m))
 }
 
 /// Checks a manifest body against the digest it was asked by (if any) and
