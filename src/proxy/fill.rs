@@ -15,9 +15,11 @@
 //!   request checks the map before the store, so no request can slip into
 //!   the gap between commit and removal and fetch a second time.
 //! - Readers get bytes as soon as they are on disk, not when the download
-//!   ends. The last byte of every response is held back until the whole blob
-//!   matched its digest and size: a corrupt or truncated upstream body fails
-//!   every client's connection instead of completing it with wrong bytes.
+//!   ends. The blob's last byte is held back until the whole blob matched
+//!   its digest and size, so no response that reaches the end of the blob
+//!   can complete with wrong bytes: a corrupt or truncated upstream body
+//!   fails those clients' connections instead. (A range that ends earlier is
+//!   served as it arrives; the client verifies the blob it assembles.)
 //! - The fill runs in its own task: a client that disconnects does not stop
 //!   it. If it fails, every reader gets the error and nothing is stored.
 //! - Memory stays flat: bytes go upstream → page cache → clients, with at
@@ -311,7 +313,7 @@ impl Fill {
     }
 
     /// Streams bytes `start..end` (`end = None`: to the end of the blob) as
-    /// they arrive, holding back the final byte until the blob is verified.
+    /// they arrive, holding back the blob's final byte until it is verified.
     pub fn stream(self: &Arc<Self>, start: u64, end: Option<u64>) -> ByteStream {
         let fill = self.clone();
         let rx = self.state.clone();
