@@ -498,7 +498,6 @@ mod tests {
         }
         drop(tx);
         for (i, r) in readers.into_iter().enumerate() {
-            let i = i as usize;
             assert_eq!(r.await.unwrap().unwrap(), data[i * 1000..i * 1000 + 2_000_000]);
         }
     }
