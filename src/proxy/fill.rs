@@ -4,12 +4,25 @@
 //! it to any number of readers straight from that file:
 //!
 //! ```text
-//! upstream ──▶ fill task ──batches──▶ writer thread ──▶ spool file ──pread──▶ reader 1..N
-//!               (async)     (mpsc)    (hash + write)        │
-//!                                        │ written, verified ▼
+//! upstream ──▶ fill task ──batch k──▶ blocking job: write ──▶ spool file ──pread──▶ reader 1..N
+//!               (async)   └─batch k─▶ blocking job: hash         │
+//!                                        │ written, verified      ▼
 //!                                        └──▶ watch<FillState> ──wakes──▶ readers
 //! ```
 //!
+//! # Threads
+//! A fill owns no thread. Its task is async and, while it waits on the
+//! network, holds nothing but memory. Each batch of received chunks becomes
+//! two short blocking jobs (write, hash) that run side by side, so a batch
+//! costs max(write, hash); the task collects the next batch meanwhile and
+//! awaits the previous jobs before starting the next pair (writes stay in
+//! order, and one fill never has more than two jobs queued). A slow upstream
+//! therefore occupies no blocking thread, and request handling (which uses
+//! the same pool for blob reads) never waits behind a stalled fill. At most
+//! [`MAX_FILLS`] fills talk to upstream at once; more queue for a permit
+//! without blocking anything else.
+//!
+//! # Guarantees
 //! - Exactly one upstream request per digest, however many clients ask; the
 //!   map entry lives until the blob is committed (or the fill failed), and a
 //!   request checks the map before the store, so no request can slip into
@@ -22,30 +35,44 @@
 //!   served as it arrives; the client verifies the blob it assembles.)
 //! - The fill runs in its own task: a client that disconnects does not stop
 //!   it. If it fails, every reader gets the error and nothing is stored.
+//! - A full disk loses no answer: when the spool file cannot be created or
+//!   written, the fill passes upstream's bytes through from memory (a
+//!   window of [`PASS_THROUGH_WINDOW`]), still holding back the last byte
+//!   until the digest matched, and caches nothing. A reader that falls
+//!   further behind than the window fails rather than stall the fill.
+//! - Nothing touches the disk until upstream answered with a body: a miss
+//!   for a digest upstream does not have creates no file.
 //! - Memory stays flat: bytes go upstream → page cache → clients, with at
-//!   most a few in-flight batches held in memory.
+//!   most a few batches per fill held in memory.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use futures::stream::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
 
 use super::Error;
 use crate::oci::{Digest, Verifier};
 use crate::storage::{self, ByteStream, Store};
 use crate::upstream::{self, BlobBody};
 
-/// Upstream chunks gathered into one write when they are already waiting.
+/// Upstream chunks gathered into one batch when they are already waiting.
 const BATCH_CHUNKS: usize = 32;
-/// Bytes of recently written batches kept in memory for readers.
+/// Bytes of recently written batches kept in memory for caught-up readers.
 const WINDOW_BYTES: u64 = 4 * 1024 * 1024;
-/// Batches queued between the network and the writer thread.
-const QUEUED_BATCHES: usize = 2;
+/// Bytes kept in memory for readers when the spool file failed (full
+/// disk): the only copy of the bytes, so larger, but still bounded.
+pub const PASS_THROUGH_WINDOW: u64 = 16 * 1024 * 1024;
+/// Fills talking to upstream at once. Fills are I/O-bound and hold no
+/// thread while they wait, so the bound is generous: it only caps sockets,
+/// spool files and batch memory.
+pub const MAX_FILLS: usize = 256;
 
 /// Progress of one fill, broadcast to its readers.
 #[derive(Debug, Clone, Default)]
@@ -54,20 +81,34 @@ pub struct FillState {
     pub started: bool,
     /// Size announced by upstream (`Content-Length`), or the final size.
     pub size: Option<u64>,
-    /// Bytes durably handed to the spool file (readable with pread).
-    pub written: u64,
+    /// Bytes readers may have: in the spool file or in `recent`.
+    pub available: u64,
+    /// Bytes durably handed to the spool file (readable with pread). Equal
+    /// to `available` unless the spool failed and the fill passes through.
+    pub durable: u64,
     /// The whole blob matched its digest: every byte may be released.
     pub verified: bool,
     /// The fill failed; readers fail with this.
     pub error: Option<Error>,
-    /// The batches written last, still in memory (about `WINDOW_BYTES`):
+    /// The batches received last, still in memory (about `WINDOW_BYTES`):
     /// readers that keep up take their bytes from here, zero-copy, without
     /// touching the file.
-    pub recent: std::collections::VecDeque<Arc<Batch>>,
+    pub recent: VecDeque<Arc<Batch>>,
 }
 
-/// Chunks written to the spool file at offset `start`, kept for caught-up
-/// readers (zero-copy: they get slices of the very buffers upstream filled).
+impl FillState {
+    fn push_recent(&mut self, batch: Arc<Batch>, window: u64) {
+        let end = batch.end();
+        self.available = end;
+        self.recent.push_back(batch);
+        while self.recent.len() > 1 && end - self.recent[0].end() >= window {
+            self.recent.pop_front();
+        }
+    }
+}
+
+/// Chunks received together at offset `start`, kept for caught-up readers
+/// (zero-copy: they get slices of the very buffers upstream filled).
 #[derive(Debug)]
 pub struct Batch {
     pub start: u64,
@@ -97,20 +138,34 @@ impl Batch {
 
 /// One in-progress fill.
 pub struct Fill {
+    id: u64,
     digest: Digest,
-    /// The spool file; readers share it through positional reads. It stays
-    /// readable after the commit renames it.
-    file: Arc<std::fs::File>,
+    /// The spool file, once upstream answered and the file could be made;
+    /// readers share it through positional reads. It stays readable after
+    /// the commit renames it.
+    file: OnceLock<Arc<std::fs::File>>,
     state: watch::Receiver<FillState>,
 }
 
 /// All fills in progress, by digest.
-#[derive(Default)]
 pub struct Fills {
     inflight: Mutex<HashMap<Digest, Arc<Fill>>>,
+    /// Upstream conversations allowed at once (`MAX_FILLS`).
+    permits: Arc<Semaphore>,
+    next_id: AtomicU64,
+}
+
+impl Default for Fills {
+    fn default() -> Self {
+        Fills::with_limit(MAX_FILLS)
+    }
 }
 
 impl Fills {
+    pub fn with_limit(max_fills: usize) -> Fills {
+        Fills { inflight: Mutex::default(), permits: Arc::new(Semaphore::new(max_fills)), next_id: AtomicU64::new(0) }
+    }
+
     pub fn get(&self, d: &Digest) -> Option<Arc<Fill>> {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner()).get(d).cloned()
     }
@@ -124,111 +179,120 @@ impl Fills {
     }
 
     /// Joins the fill for `d`, or starts one with `fetch` as its source.
-    pub fn join_or_start<F, Fut>(self: &Arc<Self>, d: &Digest, store: &Arc<Store>, fetch: F) -> Result<Arc<Fill>, Error>
+    pub fn join_or_start<F, Fut>(self: &Arc<Self>, d: &Digest, store: &Arc<Store>, fetch: F) -> Arc<Fill>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<BlobBody, upstream::Error>> + Send + 'static,
     {
         let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = map.get(d) {
-            return Ok(f.clone());
+            return f.clone();
         }
-        let (spool, file) =
-            store.create_spool().map_err(|e| Error::Storage(format!("cannot create spool file: {e}")))?;
-        let file = Arc::new(file);
         let (tx, rx) = watch::channel(FillState::default());
-        let fill = Arc::new(Fill { digest: d.clone(), file: file.clone(), state: rx });
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let fill = Arc::new(Fill { id, digest: d.clone(), file: OnceLock::new(), state: rx });
         map.insert(d.clone(), fill.clone());
-        let job =
-            Job { fills: self.clone(), store: store.clone(), digest: d.clone(), spool, file, state: Arc::new(tx) };
+        let job = Job { fills: self.clone(), store: store.clone(), fill: fill.clone(), state: Arc::new(tx) };
         tokio::spawn(job.run(fetch()));
-        Ok(fill)
+        fill
     }
 }
 
 struct Job {
     fills: Arc<Fills>,
     store: Arc<Store>,
-    digest: Digest,
-    spool: PathBuf,
-    file: Arc<std::fs::File>,
+    fill: Arc<Fill>,
     state: Arc<watch::Sender<FillState>>,
+}
+
+/// The spool file a fill writes. `failed` is set by the first write that
+/// fails (full disk); from then on the fill passes bytes through memory.
+struct Spool {
+    path: PathBuf,
+    file: Arc<std::fs::File>,
+    failed: Arc<AtomicBool>,
+}
+
+/// The blocking jobs of one batch. The write job publishes the batch to
+/// readers itself, the moment its bytes are in the file.
+struct InFlight {
+    hash: JoinHandle<Verifier>,
+    write: Option<JoinHandle<()>>,
 }
 
 impl Job {
     async fn run(self, fetch: impl Future<Output = Result<BlobBody, upstream::Error>>) {
-        let result = self.download(fetch).await;
+        let digest = self.fill.digest.clone();
+        let mut spool_path = None;
+        let result = match self.fills.permits.clone().acquire_owned().await {
+            Ok(_permit) => self.download(fetch, &mut spool_path).await,
+            Err(_) => Err(Error::Internal("fill limiter closed".into())),
+        };
         match result {
-            Ok(()) => {
-                let (store, d, spool, file) =
-                    (self.store.clone(), self.digest.clone(), self.spool.clone(), self.file.clone());
+            Ok(Some(spool)) => {
+                let (store, d) = (self.store.clone(), digest.clone());
                 let committed =
-                    tokio::task::spawn_blocking(move || store.commit_spool_blocking(&d, &spool, &file)).await;
+                    tokio::task::spawn_blocking(move || store.commit_spool_blocking(&d, &spool.path, &spool.file))
+                        .await;
                 match committed {
-                    Ok(Ok(())) => tracing::debug!(digest = %self.digest, "blob committed"),
-                    Ok(Err(e)) => {
-                        tracing::error!(digest = %self.digest, error = %e, "verified blob could not be committed")
-                    }
-                    Err(e) => {
-                        tracing::error!(digest = %self.digest, error = %e, "commit task failed")
-                    }
+                    Ok(Ok(())) => tracing::debug!(%digest, "blob committed"),
+                    Ok(Err(e)) => tracing::error!(%digest, error = %e, "verified blob could not be committed"),
+                    Err(e) => tracing::error!(%digest, error = %e, "commit task failed"),
                 }
             }
+            Ok(None) => tracing::warn!(%digest, "blob served without caching (spool unavailable)"),
+            Err(Error::Upstream(upstream::Error::NotFound)) => {
+                tracing::debug!(%digest, "blob not found upstream");
+                self.state.send_modify(|s| s.error = Some(Error::Upstream(upstream::Error::NotFound)));
+            }
             Err(e) => {
-                tracing::warn!(digest = %self.digest, error = %e, "blob fill failed; nothing stored");
+                tracing::warn!(%digest, error = %e, "blob fill failed; nothing stored");
                 self.state.send_modify(|s| s.error = Some(e));
             }
         }
-        let _ = std::fs::remove_file(&self.spool);
+        if let Some(p) = spool_path {
+            let _ = std::fs::remove_file(p);
+        }
         // Removed only now: until here, the map (not the store) is where a
         // new request finds this blob.
         let mut map = self.fills.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if map.get(&self.digest).is_some_and(|f| Arc::ptr_eq(&f.file, &self.file)) {
-            map.remove(&self.digest);
+        if map.get(&digest).is_some_and(|f| f.id == self.fill.id) {
+            map.remove(&digest);
         }
     }
 
-    /// Streams upstream into the spool file and verifies it.
-    async fn download(&self, fetch: impl Future<Output = Result<BlobBody, upstream::Error>>) -> Result<(), Error> {
+    /// Streams upstream into the spool file (or, when the disk fails,
+    /// through memory) and verifies it. Returns the spool to commit, or
+    /// `None` when the bytes were passed through and nothing is to be kept.
+    /// `spool_path` is set as soon as a spool file exists, for clean-up.
+    async fn download(
+        &self,
+        fetch: impl Future<Output = Result<BlobBody, upstream::Error>>,
+        spool_path: &mut Option<PathBuf>,
+    ) -> Result<Option<Spool>, Error> {
         let body = fetch.await.map_err(Error::Upstream)?;
         let announced = body.size;
+        let spool = match self.store.create_spool() {
+            Ok((path, file)) => {
+                let file = Arc::new(file);
+                let _ = self.fill.file.set(file.clone());
+                *spool_path = Some(path.clone());
+                Some(Spool { path, file, failed: Arc::default() })
+            }
+            Err(e) => {
+                tracing::warn!(digest = %self.fill.digest, error = %e, "cannot create a spool file; passing the blob through uncached");
+                None
+            }
+        };
         self.state.send_modify(|s| {
             s.started = true;
             s.size = announced;
         });
 
-        // Writing and hashing run on two blocking threads, side by side, so
-        // a batch costs max(write, hash) rather than their sum, while the
-        // network side keeps reading. Both see the same shared batches.
-        let (to_writer, mut writer_rx) = mpsc::channel::<Arc<Batch>>(QUEUED_BATCHES);
-        let (to_hasher, mut hasher_rx) = mpsc::channel::<Arc<Batch>>(QUEUED_BATCHES);
-        let (file, state) = (self.file.clone(), self.state.clone());
-        let writer = tokio::task::spawn_blocking(move || -> io::Result<()> {
-            while let Some(batch) = writer_rx.blocking_recv() {
-                for chunk in &batch.chunks {
-                    (&*file).write_all(chunk)?;
-                }
-                let n = batch.end();
-                state.send_modify(|s| {
-                    s.written = n;
-                    s.recent.push_back(batch);
-                    while s.recent.len() > 1 && n - s.recent[0].end() >= WINDOW_BYTES {
-                        s.recent.pop_front();
-                    }
-                });
-            }
-            Ok(())
-        });
-        let hasher = tokio::task::spawn_blocking(move || {
-            let mut verifier = Verifier::new();
-            while let Some(batch) = hasher_rx.blocking_recv() {
-                for chunk in &batch.chunks {
-                    verifier.update(chunk);
-                }
-            }
-            verifier
-        });
-
+        // The verifier travels into each batch's hash job and back; it is
+        // here whenever no batch is in flight.
+        let mut verifier = Some(Verifier::new());
+        let mut pending: Option<InFlight> = None;
         let mut chunks = body.stream.ready_chunks(BATCH_CHUNKS);
         let mut failed = None;
         let mut received = 0u64;
@@ -236,6 +300,7 @@ impl Job {
             let mut ok = Vec::with_capacity(items.len());
             for item in items {
                 match item {
+                    Ok(b) if b.is_empty() => {}
                     Ok(b) => ok.push(b),
                     Err(e) => {
                         failed = Some(e);
@@ -246,20 +311,20 @@ impl Job {
             if !ok.is_empty() {
                 let batch = Arc::new(Batch { start: received, chunks: ok });
                 received = batch.end();
-                if to_hasher.send(batch.clone()).await.is_err() || to_writer.send(batch).await.is_err() {
-                    break; // a worker failed; its error is reported below
+                if let Some(p) = pending.take() {
+                    verifier = Some(p.finish().await?);
                 }
+                let v = verifier.take().expect("no batch in flight");
+                pending = Some(self.start(batch, v, spool.as_ref()));
             }
             if failed.is_some() {
                 break;
             }
         }
-        drop((to_writer, to_hasher));
-        writer
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?
-            .map_err(|e| Error::Storage(format!("writing spool file: {e}")))?;
-        let verifier = hasher.await.map_err(|e| Error::Internal(e.to_string()))?;
+        if let Some(p) = pending.take() {
+            verifier = Some(p.finish().await?);
+        }
+        let verifier = verifier.expect("no batch in flight");
         if let Some(e) = failed {
             return Err(Error::Upstream(e));
         }
@@ -268,16 +333,72 @@ impl Job {
             return Err(Error::Corrupt(format!("upstream sent {got} bytes of {} announced", announced.unwrap_or(0))));
         }
         let actual = verifier.finish();
-        if actual != self.digest {
-            return Err(Error::Corrupt(format!("upstream body hashes to {actual}, not {}", self.digest)));
+        if actual != self.fill.digest {
+            return Err(Error::Corrupt(format!("upstream body hashes to {actual}, not {}", self.fill.digest)));
         }
+        let spool = spool.filter(|sp| !sp.failed.load(Ordering::Acquire));
+        let keep = spool.is_some();
         self.state.send_modify(|s| {
             s.size = Some(got);
-            s.written = got;
+            s.available = got;
             s.verified = true;
-            s.recent.clear();
+            if keep {
+                // Every byte is in the file now; the window is only needed
+                // when it is the sole copy.
+                s.durable = got;
+                s.recent.clear();
+            }
         });
-        Ok(())
+        Ok(spool)
+    }
+
+    /// Starts the blocking jobs for one batch: hashing always; writing while
+    /// the spool works. Without a working spool the batch is published to
+    /// readers at once (the window is then the only copy).
+    fn start(&self, batch: Arc<Batch>, mut verifier: Verifier, spool: Option<&Spool>) -> InFlight {
+        let b = batch.clone();
+        let hash = tokio::task::spawn_blocking(move || {
+            for chunk in &b.chunks {
+                verifier.update(chunk);
+            }
+            verifier
+        });
+        let write = match spool {
+            Some(sp) if !sp.failed.load(Ordering::Acquire) => {
+                let (file, failed, state) = (sp.file.clone(), sp.failed.clone(), self.state.clone());
+                let digest = self.fill.digest.clone();
+                Some(tokio::task::spawn_blocking(move || {
+                    let written = batch.chunks.iter().try_for_each(|chunk| (&*file).write_all(chunk));
+                    let end = batch.end();
+                    match written {
+                        Ok(()) => state.send_modify(|s| {
+                            s.durable = end;
+                            s.push_recent(batch, WINDOW_BYTES);
+                        }),
+                        Err(e) => {
+                            tracing::warn!(%digest, error = %e, "spool write failed; passing the rest of the blob through uncached");
+                            failed.store(true, Ordering::Release);
+                            state.send_modify(|s| s.push_recent(batch, PASS_THROUGH_WINDOW));
+                        }
+                    }
+                }))
+            }
+            _ => {
+                self.state.send_modify(|s| s.push_recent(batch, PASS_THROUGH_WINDOW));
+                None
+            }
+        };
+        InFlight { hash, write }
+    }
+}
+
+impl InFlight {
+    /// Waits for both jobs; returns the verifier for the next batch.
+    async fn finish(self) -> Result<Verifier, Error> {
+        if let Some(w) = self.write {
+            w.await?;
+        }
+        Ok(self.hash.await?)
     }
 }
 
@@ -308,7 +429,7 @@ impl Fill {
             .map_err(|_| Error::Internal("fill vanished".into()))?;
         match &s.error {
             Some(e) => Err(e.clone()),
-            None => Ok(s.written),
+            None => Ok(s.available),
         }
     }
 
@@ -322,13 +443,13 @@ impl Fill {
             async move {
                 let mut closed = false;
                 loop {
-                    let (stop, finished) = {
+                    let (stop, durable, finished) = {
                         let s = rx.borrow_and_update();
                         if let Some(e) = &s.error {
                             return Err(io::Error::other(e.clone()));
                         }
-                        let released = if s.verified { s.written } else { s.written.saturating_sub(1) };
-                        let end = end.or(if s.verified { Some(s.written) } else { s.size });
+                        let released = if s.verified { s.available } else { s.available.saturating_sub(1) };
+                        let end = end.or(if s.verified { Some(s.available) } else { s.size });
                         if end.is_some_and(|e| pos >= e) {
                             return Ok(None);
                         }
@@ -338,15 +459,21 @@ impl Fill {
                             drop(s);
                             return Ok(Some((chunk, (next, rx))));
                         }
-                        (stop, s.verified)
+                        (stop, s.durable, s.verified)
                     };
                     if pos < stop {
-                        let want = (stop - pos).min(storage::READ_CHUNK as u64) as usize;
-                        let file = fill.file.clone();
-                        let chunk = tokio::task::spawn_blocking(move || storage::read_exact_at(&file, pos, want))
-                            .await
-                            .map_err(io::Error::other)??;
-                        return Ok(Some((chunk, (pos + want as u64, rx))));
+                        let file = match fill.file.get() {
+                            Some(f) if pos < durable => f.clone(),
+                            _ => {
+                                return Err(io::Error::other(
+                                    "reader fell behind a blob passed through without caching",
+                                ))
+                            }
+                        };
+                        let want = (stop.min(durable) - pos) as usize;
+                        let chunk = storage::read_at_async(file, pos, want).await?;
+                        let next = pos + chunk.len() as u64;
+                        return Ok(Some((chunk, (next, rx))));
                     }
                     if closed || finished {
                         // Nothing more will come: the range lies past the end.
@@ -369,6 +496,7 @@ mod tests {
     use crate::config::{Backend, StorageConfig};
     use futures::TryStreamExt;
     use std::time::Duration;
+    use tokio::sync::mpsc;
 
     fn store() -> (Arc<Store>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
@@ -416,7 +544,7 @@ mod tests {
         let data = b"hello, streaming world".to_vec();
         let d = Digest::of(&data);
         let (tx, body) = body(Some(data.len() as u64));
-        let fill = fills.join_or_start(&d, &store, || async move { Ok(body) }).unwrap();
+        let fill = fills.join_or_start(&d, &store, || async move { Ok(body) });
         tx.send(Ok(Bytes::copy_from_slice(&data[..10]))).await.unwrap();
         assert_eq!(fill.wait_started().await.unwrap(), Some(data.len() as u64));
         let mut s = fill.stream(0, None);
@@ -448,7 +576,7 @@ mod tests {
         let fills = Arc::new(Fills::default());
         let d = Digest::of(b"the real bytes");
         let (tx, body) = body(Some(14));
-        let fill = fills.join_or_start(&d, &store, || async move { Ok(body) }).unwrap();
+        let fill = fills.join_or_start(&d, &store, || async move { Ok(body) });
         let reader = tokio::spawn(collect(fill.stream(0, None)));
         tx.send(Ok(Bytes::from_static(b"the evil bytes"))).await.unwrap();
         drop(tx);
@@ -464,7 +592,7 @@ mod tests {
         let fills = Arc::new(Fills::default());
         let d = Digest::of(b"0123456789");
         let (tx, body) = body(Some(10));
-        let fill = fills.join_or_start(&d, &store, || async move { Ok(body) }).unwrap();
+        let fill = fills.join_or_start(&d, &store, || async move { Ok(body) });
         tx.send(Ok(Bytes::from_static(b"01234"))).await.unwrap();
         drop(tx);
         assert!(collect(fill.stream(0, None)).await.is_err());
@@ -483,13 +611,11 @@ mod tests {
         let mut calls = 0;
         let mut readers = Vec::new();
         for i in 0..8u64 {
-            let fill = fills
-                .join_or_start(&d, &store, || {
-                    calls += 1;
-                    let b = body.take().unwrap();
-                    async move { Ok(b) }
-                })
-                .unwrap();
+            let fill = fills.join_or_start(&d, &store, || {
+                calls += 1;
+                let b = body.take().unwrap();
+                async move { Ok(b) }
+            });
             readers.push(tokio::spawn(collect(fill.stream(i * 1000, Some(i * 1000 + 2_000_000)))));
         }
         assert_eq!(calls, 1);
@@ -507,14 +633,115 @@ mod tests {
         let (store, _d) = store();
         let fills = Arc::new(Fills::default());
         let d = Digest::of(b"x");
-        let fill = fills
-            .join_or_start(&d, &store, || async {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                Err(upstream::Error::NotFound)
-            })
-            .unwrap();
-        let again = fills.join_or_start(&d, &store, || async { panic!("must join, not start") }).unwrap();
+        let fill = fills.join_or_start(&d, &store, || async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Err(upstream::Error::NotFound)
+        });
+        let again = fills.join_or_start(&d, &store, || async { panic!("must join, not start") });
         assert_eq!(fill.wait_started().await.unwrap_err(), Error::Upstream(upstream::Error::NotFound));
         assert_eq!(again.wait_started().await.unwrap_err(), Error::Upstream(upstream::Error::NotFound));
+    }
+
+    async fn settle(fills: &Fills) {
+        for _ in 0..200 {
+            if fills.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("fill did not finish");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_full_disk_passes_verified_bytes_through_and_caches_nothing() {
+        let (store, dir) = store();
+        store.simulate_full_spool();
+        let fills = Arc::new(Fills::default());
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
+        let d = Digest::of(&data);
+        let (tx, body) = body(Some(data.len() as u64));
+        let fill = fills.join_or_start(&d, &store, || async move { Ok(body) });
+        let readers: Vec<_> = (0..3).map(|_| tokio::spawn(collect(fill.stream(0, None)))).collect();
+        for c in data.chunks(64 * 1024) {
+            tx.send(Ok(Bytes::copy_from_slice(c))).await.unwrap();
+        }
+        drop(tx);
+        for r in readers {
+            assert_eq!(r.await.unwrap().unwrap(), data, "every reader gets the verified bytes");
+        }
+        settle(&fills).await;
+        assert!(store.open_blob(&d).await.unwrap().is_none(), "nothing is cached");
+        let left: Vec<_> = walk_files(dir.path());
+        assert!(left.iter().all(|p| p.extension().is_some_and(|e| e == "lock")), "spool files removed: {left:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_corrupt_body_passed_through_still_fails_its_readers() {
+        let (store, _dir) = store();
+        store.simulate_full_spool();
+        let fills = Arc::new(Fills::default());
+        let d = Digest::of(b"the real bytes");
+        let (tx, body) = body(Some(14));
+        let fill = fills.join_or_start(&d, &store, || async move { Ok(body) });
+        let reader = tokio::spawn(collect(fill.stream(0, None)));
+        tx.send(Ok(Bytes::from_static(b"the evil bytes"))).await.unwrap();
+        drop(tx);
+        assert!(reader.await.unwrap().is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_miss_upstream_creates_no_spool_file() {
+        let (store, dir) = store();
+        let fills = Arc::new(Fills::default());
+        let d = Digest::of(b"nowhere");
+        let fill = fills.join_or_start(&d, &store, || async { Err(upstream::Error::NotFound) });
+        assert!(fill.wait_started().await.is_err());
+        settle(&fills).await;
+        let left: Vec<_> = walk_files(dir.path());
+        assert!(left.iter().all(|p| p.extension().is_some_and(|e| e == "lock")), "{left:?}");
+    }
+
+    /// Fills beyond the limit wait for a permit; the ones running progress,
+    /// and the waiting one starts when a permit frees.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn fills_beyond_the_limit_queue_without_blocking_the_others() {
+        let (store, _d) = store();
+        let fills = Arc::new(Fills::with_limit(2));
+        let mut senders = Vec::new();
+        let mut started = Vec::new();
+        for i in 0..3u8 {
+            let data = vec![i; 10];
+            let d = Digest::of(&data);
+            let (tx, body) = body(Some(10));
+            senders.push((tx, data));
+            started.push(fills.join_or_start(&d, &store, || async move { Ok(body) }));
+        }
+        let third = started[2].clone();
+        for f in &started[..2] {
+            tokio::time::timeout(Duration::from_secs(5), f.wait_started()).await.unwrap().unwrap();
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), third.wait_started()).await.is_err(),
+            "the third fill waits for a permit"
+        );
+        let (tx0, data0) = senders.remove(0);
+        tx0.send(Ok(Bytes::from(data0))).await.unwrap();
+        drop(tx0);
+        tokio::time::timeout(Duration::from_secs(5), third.wait_started())
+            .await
+            .expect("a freed permit starts it")
+            .unwrap();
+    }
+
+    fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.path().is_dir() {
+                out.extend(walk_files(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+        out
     }
 }

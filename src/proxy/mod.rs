@@ -415,7 +415,7 @@ impl Proxy {
                 async move { up.get_blob(&r, &d).await }
             })
             .await
-        })?;
+        });
         joined(fill).await
     }
 

@@ -8,15 +8,18 @@
 //! the very keys of [`paths`], so the fast path and `object_store` always
 //! see the same objects.
 
+pub mod blob_file;
 pub mod paths;
+pub mod spool;
 
 use std::io;
 use std::path::{Path as FsPath, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
+
+pub use blob_file::{file_range, read_at, read_at_async};
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::{
     local::LocalFileSystem, memory::InMemory, path::Path, GetOptions, GetRange, ObjectStore, WriteMultipart,
@@ -27,12 +30,6 @@ pub use paths::Class;
 
 use crate::config::{Backend, StorageConfig};
 use crate::oci::{Digest, RepoKey, Tag};
-
-/// Size of each read when streaming a blob from disk. Large enough that the
-/// per-read overhead (a blocking-pool hop) vanishes next to the copy, small
-/// enough that 16 concurrent streams stay within a few MiB each (measured:
-/// 38 MiB peak RSS for 16 concurrent cold 1 GiB pulls).
-pub const READ_CHUNK: usize = 1024 * 1024;
 
 /// A stream of blob bytes as sent to clients.
 pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
@@ -118,69 +115,15 @@ impl BlobHandle {
     }
 }
 
-/// Streams `start..end` of a file with positional reads on the blocking
-/// pool, so any number of readers can share one file handle (a spool file
-/// still being written included: see `proxy::fill`).
-pub fn file_range(file: Arc<std::fs::File>, start: u64, end: u64) -> ByteStream {
-    futures::stream::try_unfold(start, move |pos| {
-        let file = file.clone();
-        async move {
-            if pos >= end {
-                return Ok(None);
-            }
-            let want = (end - pos).min(READ_CHUNK as u64) as usize;
-            let chunk = tokio::task::spawn_blocking(move || read_exact_at(&file, pos, want))
-                .await
-                .map_err(io::Error::other)??;
-            Ok(Some((chunk, pos + want as u64)))
-        }
-    })
-    .boxed()
-}
-
-/// Reads exactly `len` bytes at `offset`; a short file is an error, never a
-/// silently short body.
-///
-/// The kernel writes straight into the buffer's spare capacity: zeroing it
-/// first would cost a memset per byte served.
-pub fn read_exact_at(file: &std::fs::File, offset: u64, len: usize) -> io::Result<Bytes> {
-    use std::os::fd::AsRawFd;
-    let mut buf = BytesMut::with_capacity(len);
-    while buf.len() < len {
-        let filled = buf.len();
-        let at = offset + filled as u64;
-        let spare = &mut buf.spare_capacity_mut()[..len - filled];
-        // SAFETY: pread writes at most `spare.len()` bytes into memory we own
-        // (the buffer's spare capacity) and reports how many it wrote; only
-        // those bytes are marked initialised below.
-        let n = unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), at as libc::off_t) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shorter than expected"));
-        }
-        // SAFETY: the kernel initialised exactly `n` more bytes.
-        unsafe { buf.set_len(buf.len() + n as usize) };
-    }
-    Ok(buf.freeze())
-}
-
 /// The store. Cheap to share behind an `Arc`.
 pub struct Store {
     objects: Arc<dyn ObjectStore>,
     /// Set when `objects` is a `LocalFileSystem` rooted here: enables the
     /// read and commit fast paths.
     local_root: Option<PathBuf>,
-    /// Where fills are spooled while they stream to clients.
-    spool_dir: PathBuf,
+    /// This process's own spool directory (fills stream through it).
+    spool: spool::SpoolDir,
 }
-
-static SPOOL_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Store {
     /// Opens the configured backend and proves it writable, so a bad
@@ -191,19 +134,18 @@ impl Store {
             Backend::Filesystem => {
                 std::fs::create_dir_all(&cfg.path).map_err(|e| unusable(&cfg.path, e))?;
                 let root = std::fs::canonicalize(&cfg.path).map_err(|e| unusable(&cfg.path, e))?;
-                let spool_dir = cfg.spool_path.clone().unwrap_or_else(|| root.join(paths::SPOOL_DIR));
-                probe_writable(&spool_dir).map_err(|e| unusable(&spool_dir, e))?;
-                remove_abandoned_spools(&spool_dir);
+                let spool_root = cfg.spool_path.clone().unwrap_or_else(|| root.join(paths::SPOOL_DIR));
+                probe_writable(&spool_root).map_err(|e| unusable(&spool_root, e))?;
+                let spool = spool::SpoolDir::claim(&spool_root).map_err(|e| unusable(&spool_root, e))?;
                 let objects = LocalFileSystem::new_with_prefix(&root).map_err(io::Error::other)?;
-                Ok(Store { objects: Arc::new(objects), local_root: Some(root), spool_dir })
+                Ok(Store { objects: Arc::new(objects), local_root: Some(root), spool })
             }
             Backend::Memory => {
-                let spool_dir = cfg
-                    .spool_path
-                    .clone()
-                    .unwrap_or_else(|| std::env::temp_dir().join(format!("klts-mirror-spool-{}", std::process::id())));
-                probe_writable(&spool_dir).map_err(|e| unusable(&spool_dir, e))?;
-                Ok(Store { objects: Arc::new(InMemory::new()), local_root: None, spool_dir })
+                let spool_root =
+                    cfg.spool_path.clone().unwrap_or_else(|| std::env::temp_dir().join("klts-mirror-spool"));
+                probe_writable(&spool_root).map_err(|e| unusable(&spool_root, e))?;
+                let spool = spool::SpoolDir::claim(&spool_root).map_err(|e| unusable(&spool_root, e))?;
+                Ok(Store { objects: Arc::new(InMemory::new()), local_root: None, spool })
             }
         }
     }
@@ -240,10 +182,13 @@ impl Store {
 
     /// Creates an empty spool file for a new fill.
     pub fn create_spool(&self) -> io::Result<(PathBuf, std::fs::File)> {
-        let name = format!("{}-{}-{}", std::process::id(), SPOOL_SEQ.fetch_add(1, Ordering::Relaxed), now_nanos());
-        let path = self.spool_dir.join(name);
-        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-        Ok((path, file))
+        self.spool.create()
+    }
+
+    /// Tests: every spool write from now on fails with ENOSPC.
+    #[cfg(test)]
+    pub(crate) fn simulate_full_spool(&self) {
+        self.spool.full.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Makes a verified spool file the blob `d`. The caller has checked the
@@ -272,9 +217,9 @@ impl Store {
         let mut writer = WriteMultipart::new_with_chunk_size(upload, 8 * 1024 * 1024);
         let mut pos = 0;
         while pos < size {
-            let n = (size - pos).min(READ_CHUNK as u64) as usize;
+            let n = (size - pos).min(blob_file::LARGE_READ as u64) as usize;
             writer.wait_for_capacity(4).await?;
-            writer.write(&read_exact_at(file, pos, n)?);
+            writer.write(&read_at(file, pos, n)?);
             pos += n as u64;
         }
         writer.finish().await?;
@@ -372,31 +317,6 @@ impl Store {
     }
 }
 
-fn now_nanos() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
-}
-
-/// A fill untouched for this long belongs to a process that died mid-fill.
-const ABANDONED_SPOOL: std::time::Duration = std::time::Duration::from_secs(600);
-
-/// Deletes spool files left behind by a crash. Only the spool directory is
-/// read (never the blob tree), so start-up stays O(fills in progress).
-fn remove_abandoned_spools(dir: &FsPath) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for e in entries.flatten() {
-        let stale =
-            e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age > ABANDONED_SPOOL));
-        if stale {
-            match std::fs::remove_file(e.path()) {
-                Ok(()) => tracing::info!(path = %e.path().display(), "removed abandoned spool file"),
-                Err(err) => {
-                    tracing::warn!(path = %e.path().display(), error = %err, "cannot remove abandoned spool file")
-                }
-            }
-        }
-    }
-}
-
 fn probe_writable(dir: &FsPath) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let probe = dir.join(format!(".probe-{}", std::process::id()));
@@ -434,7 +354,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn blob_contract() {
         for (store, _guard) in stores() {
-            let data: Vec<u8> = (0..(READ_CHUNK * 2 + 17)).map(|i| (i % 251) as u8).collect();
+            let data: Vec<u8> = (0..(blob_file::LARGE_READ * 2 + 17)).map(|i| (i % 251) as u8).collect();
             let d = Digest::of(&data);
             assert!(store.open_blob(&d).await.unwrap().is_none());
 
@@ -493,16 +413,17 @@ mod tests {
     }
 
     #[test]
-    fn abandoned_spool_files_are_removed_at_start() {
+    fn spool_files_of_a_dead_process_are_removed_at_start() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = StorageConfig { path: dir.path().join("data"), ..Default::default() };
-        let store = Store::open(&cfg).unwrap();
-        let (fresh, _) = store.create_spool().unwrap();
-        let (old, f) = store.create_spool().unwrap();
-        f.set_modified(SystemTime::now() - std::time::Duration::from_secs(3600)).unwrap();
+        let live = Store::open(&cfg).unwrap();
+        let (kept, _) = live.create_spool().unwrap();
+        let dead = Store::open(&cfg).unwrap();
+        let (leftover, _) = dead.create_spool().unwrap();
+        drop(dead);
         drop(Store::open(&cfg).unwrap());
-        assert!(fresh.exists(), "a fill that may still be running is kept");
-        assert!(!old.exists(), "an abandoned fill is removed");
+        assert!(kept.exists(), "a fill of a live process sharing the path is kept");
+        assert!(!leftover.exists(), "a dead process's spool file is removed, however young");
     }
 
     #[test]

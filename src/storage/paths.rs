@@ -10,8 +10,9 @@
 //! ├── repos/<class>/<upstream>/<repo…>/
 //! │   ├── _tags/<tag>                           tag link: {"digest": …, "checked": unix secs}
 //! │   └── _taglist                              last upstream tags/list answer (class cached)
-//! └── _spool/<fill id>                          in-progress fills (filesystem backend only;
-//!                                               same filesystem, so commit is one rename)
+//! └── _spool/                                   in-progress fills (filesystem backend only;
+//!     ├── <owner>.lock                          same filesystem, so commit is one rename):
+//!     └── <owner>/<n>                           one directory per live process, see `spool`
 //! ```
 //!
 //! `<class>` is one of `published` (patched images, always win), `pinned`
