@@ -19,6 +19,8 @@ pub struct Config {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
     pub storage: StorageConfig,
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
@@ -30,6 +32,45 @@ pub struct Config {
 
 fn default_listen() -> SocketAddr {
     "0.0.0.0:5000".parse().expect("static address")
+}
+
+/// `[server]`: what one client connection may hold, and for how long.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// A request's headers must arrive within this (slowloris defence).
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in progress, or a client
+    /// that takes no byte of its response, is closed after this.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections served at once; beyond this, new connections wait in the
+    /// listen backlog. Lowered at start-up to fit the fd limit.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_max_connections(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -192,6 +233,17 @@ impl Config {
     }
 
     fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.server.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        for (key, d) in [
+            ("server.header_read_timeout", self.server.header_read_timeout),
+            ("server.idle_timeout", self.server.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be longer than 0s"));
+            }
+        }
         if !self.upstreams.contains_key(&self.routing.default_upstream) {
             return Err(invalid(
                 "routing.default_upstream",
@@ -282,6 +334,9 @@ aliases = ["k8s.gcr.io"]
         assert_eq!(cfg.routing.default_upstream, "registry.k8s.io");
         assert_eq!(cfg.cache.tag_ttl, Duration::from_secs(300));
         assert!(cfg.upstreams.contains_key("docker.io"));
+        assert_eq!(cfg.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(cfg.server.max_connections, 4096);
     }
 
     #[test]
@@ -304,6 +359,12 @@ aliases = ["k8s.gcr.io"]
         assert!(e.contains("cache.tag_ttl"), "{e}");
         let e = err(&format!("{MIN}\n[routing]\ndefault_upstream = \"docker.io\"\n"));
         assert!(e.contains("routing.default_upstream"), "{e}");
+        let e = err(&format!("{MIN}\n[server]\nmax_connections = 0\n"));
+        assert!(e.contains("server.max_connections"), "{e}");
+        let e = err(&format!("{MIN}\n[server]\nidle_timeout = \"0s\"\n"));
+        assert!(e.contains("server.idle_timeout"), "{e}");
+        let e = err(&format!("{MIN}\n[server]\nheader_timeout = \"1s\"\n"));
+        assert!(e.contains("header_timeout"), "{e}");
         let e = err(&format!("{MIN}\n[storage]\nbackend = \"s4\"\n"));
         assert!(e.contains("storage.backend") && e.contains("s4"), "{e}");
         let e = err(&format!("{MIN}\n[upstreams.\"docker.io\"]\nurl = \"ftp://x.y\"\n"));

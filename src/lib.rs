@@ -9,11 +9,13 @@
 //! - [`proxy`]: pull-through policy, single-flight and streaming fills; the
 //!   only module that sees both the store and the upstreams.
 //! - [`http`]: the axum edge; the only module that speaks HTTP to clients.
+//! - [`server`]: the listener: connection cap, header and idle timeouts.
 
 pub mod config;
 pub mod http;
 pub mod oci;
 pub mod proxy;
+pub mod server;
 pub mod storage;
 pub mod upstream;
 
@@ -35,13 +37,14 @@ pub enum StartError {
 #[derive(Clone)]
 pub struct Mirror {
     proxy: Arc<proxy::Proxy>,
+    server: config::ServerConfig,
 }
 
 impl Mirror {
     pub fn new(cfg: &Config) -> Result<Mirror, StartError> {
         let store = Arc::new(storage::Store::open(&cfg.storage)?);
         let proxy = proxy::Proxy::new(cfg, store).map_err(|e| StartError::Upstream(e.to_string()))?;
-        Ok(Mirror { proxy: Arc::new(proxy) })
+        Ok(Mirror { proxy: Arc::new(proxy), server: cfg.server.clone() })
     }
 
     pub fn proxy(&self) -> &Arc<proxy::Proxy> {
@@ -52,20 +55,13 @@ impl Mirror {
         http::router(self.proxy.clone())
     }
 
-    /// Serves on `listener` until `shutdown` completes.
+    /// Serves on `listener` until `shutdown` completes, then lets requests
+    /// in progress finish. Bind with [`server::bind`] for a deep backlog.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        use axum::serve::ListenerExt;
-        // Small responses (manifests, errors) must not wait on Nagle's
-        // algorithm for the client's delayed ACK.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await
+        server::serve(listener, self.router(), self.server.clone(), shutdown).await
     }
 }

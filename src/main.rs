@@ -73,7 +73,7 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> ExitCode {
     };
     let addr = listen.unwrap_or(cfg.listen);
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(addr).await {
+        let listener = match klts_mirror::server::bind(addr) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("klts-mirror: cannot listen on {addr}: {e}");

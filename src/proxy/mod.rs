@@ -279,7 +279,7 @@ impl Proxy {
                 .await
                 .map_err(not_found_as(Error::ManifestUnknown))?;
                 let m = verified_manifest(body, Some(&d2))?;
-                store.put_manifest(&m).await?;
+                keep_manifest(&store, &m).await;
                 Ok(Arc::new(m))
             })
             .await?;
@@ -488,7 +488,7 @@ impl TagWork {
         match head {
             Ok(h) if h.digest.as_ref() == Some(&link.digest) => {
                 if let Some(m) = self.local(&link.digest).await? {
-                    self.record(&link.digest).await?;
+                    self.record(&link.digest).await;
                     return Ok((m, CacheStatus::Hit));
                 }
                 self.fetch_by_tag(&up).await.map(|m| (m, CacheStatus::Miss))
@@ -519,16 +519,20 @@ impl TagWork {
         .await
         .map_err(not_found_as(Error::ManifestUnknown))?;
         let m = Arc::new(verified_manifest(body, None)?);
-        self.store.put_manifest(&m).await?;
+        if keep_manifest(&self.store, &m).await {
+            self.record(&m.digest).await;
+        }
         self.manifests.insert(m.digest.clone(), m.clone());
-        self.record(&m.digest).await?;
         Ok(m)
     }
 
-    async fn record(&self, d: &Digest) -> Result<()> {
+    /// Remembers where the tag points. A failure (full disk) is logged, not
+    /// answered: the manifest in hand is verified and still served.
+    async fn record(&self, d: &Digest) {
         let link = TagLink { digest: d.clone(), checked: now_secs() };
-        self.store.put_tag(Class::Cached, &self.key, &self.tag, &link).await?;
-        Ok(())
+        if let Err(e) = self.store.put_tag(Class::Cached, &self.key, &self.tag, &link).await {
+            tracing::error!(repo = %self.key, tag = %self.tag, error = %e, "cannot record the cached tag; serving it uncached");
+        }
     }
 }
 
@@ -547,6 +551,20 @@ async fn local_manifest(
     let m = Arc::new(m);
     manifests.insert(d.clone(), m.clone());
     Ok(Some(m))
+}
+
+/// Stores a verified manifest. A failure (full disk) is logged and the
+/// manifest still served: it is verified, and losing a good answer to a
+/// storage problem would turn a cache fault into an outage. Returns whether
+/// it was stored.
+async fn keep_manifest(store: &Store, m: &StoredManifest) -> bool {
+    match store.put_manifest(m).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(digest = %m.digest, error = %e, "cannot store a verified manifest; serving it uncached");
+            false
+        }
+    }
 }
 
 /// Checks a manifest body against the digest it was asked by (if any) and
