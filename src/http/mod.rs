@@ -4,14 +4,22 @@
 //! patterns there is one handler that parses the path with
 //! [`crate::oci::route::parse`] and dispatches on the typed route. Handlers
 //! only translate: request → proxy call → response headers and body.
+//!
+//! Every response carries `X-Request-Id` ([`request_id`]); error answers
+//! carry fixed text only, with the internal cause in the log under that id
+//! ([`error`]).
 
 pub mod error;
 pub mod range;
+pub mod request_id;
+
+pub use self::request_id::X_REQUEST_ID;
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -30,12 +38,25 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
     Router::new().fallback(handle).with_state(proxy)
 }
 
+/// Every response, answer or error, leaves through here: this is where it
+/// gets its `X-Request-Id` and where a failure is logged, once, under that
+/// id (the client sees only the fixed text of [`ApiError`]).
 async fn handle(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
-    let mut resp = match dispatch(&proxy, req).await {
+    // Only GET and HEAD are served, so the body is never read; the parts
+    // (unlike the body) can be borrowed across awaits.
+    let (req, _) = req.into_parts();
+    let id = request_id::for_request(&req.headers);
+    let mut resp = match dispatch(&proxy, &req).await {
         Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            let id_text = id.to_str().unwrap_or_default();
+            e.log(id_text, req.method.as_str(), req.uri.path());
+            e.into_response()
+        }
     };
-    resp.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    let h = resp.headers_mut();
+    h.insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    h.insert(X_REQUEST_ID, id);
     resp
 }
 
@@ -62,10 +83,10 @@ impl Params {
     }
 }
 
-async fn dispatch(proxy: &Proxy, req: Request) -> Result<Response, ApiError> {
-    let route = route::parse(req.uri().path())?;
-    let params = Params::parse(req.uri().query());
-    let method = req.method();
+async fn dispatch(proxy: &Proxy, req: &Parts) -> Result<Response, ApiError> {
+    let route = route::parse(req.uri.path())?;
+    let params = Params::parse(req.uri.query());
+    let method = &req.method;
     if method != Method::GET && method != Method::HEAD {
         let what = if matches!(route, V2Route::Upload { .. }) { "pushing" } else { "this method" };
         return Err(ApiError::unsupported(what));
@@ -85,7 +106,7 @@ async fn dispatch(proxy: &Proxy, req: Request) -> Result<Response, ApiError> {
         }
         V2Route::Blob { name, digest } => {
             let key = route_key(&name, Subject::Blob)?;
-            blob(proxy, &key, &digest, head, req.headers()).await
+            blob(proxy, &key, &digest, head, &req.headers).await
         }
         V2Route::TagsList { name } => {
             let key = route_key(&name, Subject::Repository)?;
@@ -94,9 +115,25 @@ async fn dispatch(proxy: &Proxy, req: Request) -> Result<Response, ApiError> {
     }
 }
 
-fn hv(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
+/// Sets a header built from text that is not known to be a valid header
+/// value (upstream media types, values derived from input). A value that
+/// cannot be represented is left out rather than replaced: a missing header
+/// is honest, a substituted one is wrong.
+fn insert_text(h: &mut HeaderMap, name: HeaderName, value: &str) {
+    match HeaderValue::from_str(value) {
+        Ok(v) => {
+            h.insert(name, v);
+        }
+        Err(_) => tracing::debug!(header = %name, value, "header value not representable; not sent"),
+    }
 }
+
+/// What a repository name may keep unescaped in the path of a `Link`:
+/// everything else is percent-encoded, so the header is valid whatever the
+/// name (the name grammar makes this a no-op today; the header must not
+/// depend on that).
+const LINK_PATH: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'/').remove(b'.').remove(b'_').remove(b'-');
 
 fn content_headers(h: &mut HeaderMap, digest: &Digest, cache: CacheStatus) {
     // Both values are slices of the digest's shared text: no allocation.
@@ -109,15 +146,18 @@ fn content_headers(h: &mut HeaderMap, digest: &Digest, cache: CacheStatus) {
     h.insert(X_CACHE, HeaderValue::from_static(cache.as_str()));
 }
 
-/// The manifest media types every client uses are static header values.
-fn media_type_value(m: &str) -> HeaderValue {
+/// The manifest media types every client uses are static header values;
+/// any other is sent as stored when it is a valid header value, else not at
+/// all.
+fn insert_media_type(h: &mut HeaderMap, m: &str) {
     use crate::oci::media::*;
     for known in [OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST_V2] {
         if m == known {
-            return HeaderValue::from_static(known);
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(known));
+            return;
         }
     }
-    hv(m)
+    insert_text(h, header::CONTENT_TYPE, m);
 }
 
 async fn manifest(proxy: &Proxy, key: &RepoKey, reference: &Reference, head: bool) -> Result<Response, ApiError> {
@@ -129,7 +169,7 @@ fn manifest_response(m: &StoredManifest, cache: CacheStatus, head: bool) -> Resp
     let body = if head { Body::empty() } else { Body::from(m.body.clone()) };
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, media_type_value(&m.media_type));
+    insert_media_type(h, &m.media_type);
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(m.body.len()));
     content_headers(h, &m.digest, cache);
     resp
@@ -170,7 +210,7 @@ async fn blob(
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
     if let Some(cr) = content_range {
-        h.insert(header::CONTENT_RANGE, hv(&cr));
+        insert_text(h, header::CONTENT_RANGE, &cr);
     }
     content_headers(h, digest, cache);
     Ok(resp)
@@ -190,15 +230,22 @@ async fn tags_list(proxy: &Proxy, key: &RepoKey, name: &RepoName, params: &Param
     let body = serde_json::json!({ "name": name.as_str(), "tags": page }).to_string();
     let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     if let (Some(n), Some(last)) = (n, next) {
-        let mut q = url::form_urlencoded::Serializer::new(String::new());
-        q.append_pair("n", &n.to_string()).append_pair("last", last);
-        if let Some(ns) = &params.ns {
-            q.append_pair("ns", ns);
-        }
-        let link = format!("</v2/{name}/tags/list?{}>; rel=\"next\"", q.finish());
-        resp.headers_mut().insert(header::LINK, hv(&link));
+        insert_text(resp.headers_mut(), header::LINK, &next_link(name.as_str(), n, last, params.ns.as_deref()));
     }
     Ok(resp)
+}
+
+/// The `Link` to the next page of a tags list. Every part that comes from
+/// a request or an upstream is percent-encoded, so the result is always a
+/// valid header value.
+fn next_link(name: &str, n: usize, last: &str, ns: Option<&str>) -> String {
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    q.append_pair("n", &n.to_string()).append_pair("last", last);
+    if let Some(ns) = ns {
+        q.append_pair("ns", ns);
+    }
+    let path = percent_encoding::utf8_percent_encode(name, LINK_PATH);
+    format!("</v2/{path}/tags/list?{}>; rel=\"next\"", q.finish())
 }
 
 /// One page of a sorted tag list: tags after `last` (exclusive), at most
@@ -232,5 +279,33 @@ mod tests {
         assert_eq!(paginate(&t, Some(0), None), (&t[..0], None));
         assert_eq!(paginate(&t, None, Some("bb")), (&t[2..], None));
         assert_eq!(paginate(&t, Some(10), Some("d")), (&t[4..], None));
+    }
+
+    #[test]
+    fn next_links_are_always_valid_header_values() {
+        assert_eq!(
+            next_link("coredns/coredns", 2, "b", Some("k8s.gcr.io")),
+            "</v2/coredns/coredns/tags/list?n=2&last=b&ns=k8s.gcr.io>; rel=\"next\""
+        );
+        let hostile = "a b\"<>\r\n\u{7f};,é%";
+        let link = next_link(hostile, 1, hostile, Some(hostile));
+        assert!(HeaderValue::from_str(&link).is_ok(), "{link}");
+        assert!(link.is_ascii(), "{link}");
+        let target = link.strip_prefix('<').and_then(|l| l.split_once('>')).unwrap().0;
+        assert!(!target.contains(['<', '>', '"', ' ', '\r', '\n']), "{target}");
+    }
+
+    #[test]
+    fn unrepresentable_values_are_left_out_not_replaced() {
+        let mut h = HeaderMap::new();
+        insert_media_type(&mut h, "application/vnd.oci.image.manifest.v1+json");
+        assert_eq!(h[header::CONTENT_TYPE], "application/vnd.oci.image.manifest.v1+json");
+        insert_media_type(&mut h, "application/x-custom+json");
+        assert_eq!(h[header::CONTENT_TYPE], "application/x-custom+json");
+        let mut h = HeaderMap::new();
+        insert_media_type(&mut h, "text/plain\r\nx-injected: 1");
+        assert!(h.is_empty(), "{h:?}");
+        insert_text(&mut h, header::CONTENT_RANGE, "bytes 0-1/2\n");
+        assert!(h.is_empty(), "{h:?}");
     }
 }

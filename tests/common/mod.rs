@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use klts_mirror::{Config, Mirror};
 use tokio::sync::oneshot;
 
+#[allow(unused_imports)] // not every test binary uses every item
 pub use fake::{digest_of, FakeUpstream, Mode};
 
 pub struct Env {
@@ -31,6 +32,9 @@ pub struct Options {
     pub default_upstream: &'static str,
     /// `(username, password_env)` for the registry.k8s.io upstream.
     pub credentials: Option<(&'static str, &'static str)>,
+    /// The URL configured for every upstream instead of the fake's (for
+    /// example a closed port, to see how unreachable upstreams are answered).
+    pub upstream_url: Option<String>,
 }
 
 impl Default for Options {
@@ -41,6 +45,7 @@ impl Default for Options {
             read_timeout: "2s",
             default_upstream: "registry.k8s.io",
             credentials: None,
+            upstream_url: None,
         }
     }
 }
@@ -91,7 +96,8 @@ impl Env {
     /// A mirror over an existing upstream and data directory (restarts).
     pub async fn on(upstream: FakeUpstream, dir: std::sync::Arc<tempfile::TempDir>, o: Options) -> Env {
         let data = dir.path().join("data");
-        let cfg = Config::from_toml(&config_text(&upstream.url(), &data, &o)).unwrap();
+        let upstream_url = o.upstream_url.clone().unwrap_or_else(|| upstream.url());
+        let cfg = Config::from_toml(&config_text(&upstream_url, &data, &o)).unwrap();
         let mirror = Mirror::new(&cfg).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -195,4 +201,12 @@ pub async fn assert_error(resp: reqwest::Response, status: u16, code: &str) {
 
 pub fn sha256_hex(b: &[u8]) -> String {
     digest_of(b)
+}
+
+/// A URL where nothing listens: a port the OS just handed out and took back.
+pub async fn closed_port_url() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
 }
