@@ -61,10 +61,7 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> ExitCode {
         }
     };
     limit_malloc_arenas();
-    // Blob reads and writes run on the blocking pool; a bounded pool keeps
-    // thread stacks and per-thread allocator state from growing with the
-    // number of concurrent downloads.
-    let runtime = match tokio::runtime::Builder::new_multi_thread().max_blocking_threads(32).enable_all().build() {
+    let runtime = match klts_mirror::server::runtime() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("klts-mirror: cannot start runtime: {e}");

@@ -65,6 +65,15 @@ const FDS_PER_CONNECTION: u64 = 2;
 /// Pause after an accept error, so a full fd table is not a busy loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// The runtime the server runs on. Blob reads and the short write/hash jobs
+/// of fills run on the blocking pool; a bounded pool keeps thread stacks and
+/// per-thread allocator state from growing with the number of concurrent
+/// downloads. No job holds a thread for longer than one read or one batch
+/// (see `proxy::fill`), so 32 threads serve any number of streams.
+pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().max_blocking_threads(32).enable_all().build()
+}
+
 /// Binds a listening socket with a deep backlog.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
@@ -89,7 +98,7 @@ pub fn raise_fd_limit() -> u64 {
             }
         }
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// The connection cap that still leaves the process descriptors to accept,

@@ -46,6 +46,8 @@ pub struct FakeState {
     pub mode: Mutex<Mode>,
     /// Delay between 64 KiB chunks of blob bodies, to make fills slow.
     pub throttle: Mutex<Option<Duration>>,
+    /// Per-blob delay between chunks, overriding `throttle` for that digest.
+    pub slow: Mutex<HashMap<String, Duration>>,
     /// Require `Authorization: Bearer <token>` (issued by /token).
     pub token: Mutex<Option<String>>,
     /// Require this exact `Authorization: Basic …` value.
@@ -75,6 +77,7 @@ impl FakeUpstream {
             log: Mutex::default(),
             mode: Mutex::new(Mode::Normal),
             throttle: Mutex::default(),
+            slow: Mutex::default(),
             token: Mutex::default(),
             basic: Mutex::default(),
             redirect_blobs_to: Mutex::default(),
@@ -97,6 +100,13 @@ impl FakeUpstream {
 
     pub fn set_throttle(&self, d: Option<Duration>) {
         *self.state.throttle.lock().unwrap() = d;
+    }
+
+    /// A blob whose body trickles: `delay` between 64 KiB chunks.
+    pub fn add_slow_blob(&self, data: impl Into<Bytes>, delay: Duration) -> String {
+        let d = self.add_blob(data);
+        self.state.slow.lock().unwrap().insert(d.clone(), delay);
+        d
     }
 
     pub fn add_blob(&self, data: impl Into<Bytes>) -> String {
@@ -181,7 +191,7 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
         }
         let blob = st.blobs.lock().unwrap().get(digest).cloned();
         return match blob {
-            Some(b) => send_blob(&st, &method, b, Mode::Normal).await,
+            Some(b) => send_blob(&st, &method, digest, b, Mode::Normal).await,
             None => error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
         };
     }
@@ -258,19 +268,19 @@ async fn route(st: &Arc<FakeState>, method: &Method, path: &str, _headers: &Head
                 return r;
             }
         }
-        return send_blob(st, method, blob, mode).await;
+        return send_blob(st, method, digest, blob, mode).await;
     }
     error(StatusCode::NOT_FOUND, "NAME_UNKNOWN")
 }
 
-async fn send_blob(st: &Arc<FakeState>, method: &Method, blob: Bytes, mode: Mode) -> Response {
+async fn send_blob(st: &Arc<FakeState>, method: &Method, digest: &str, blob: Bytes, mode: Mode) -> Response {
     let len = blob.len();
     if method == Method::HEAD {
         let mut r = Response::new(Body::empty());
         r.headers_mut().insert("content-length", len.into());
         return r;
     }
-    let throttle = *st.throttle.lock().unwrap();
+    let throttle = st.slow.lock().unwrap().get(digest).copied().or(*st.throttle.lock().unwrap());
     let data = match mode {
         Mode::Truncate => blob.slice(..len / 2),
         Mode::Corrupt => {

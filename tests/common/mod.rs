@@ -35,6 +35,8 @@ pub struct Options {
     /// The URL configured for every upstream instead of the fake's (for
     /// example a closed port, to see how unreachable upstreams are answered).
     pub upstream_url: Option<String>,
+    /// The body of a `[server]` table (connection limits and timeouts).
+    pub server: Option<&'static str>,
 }
 
 impl Default for Options {
@@ -46,6 +48,7 @@ impl Default for Options {
             default_upstream: "registry.k8s.io",
             credentials: None,
             upstream_url: None,
+            server: None,
         }
     }
 }
@@ -54,6 +57,8 @@ pub fn config_text(upstream: &str, data: &std::path::Path, o: &Options) -> Strin
     format!(
         r#"
 listen = "127.0.0.1:0"
+[server]
+{server}
 [storage]
 backend = "filesystem"
 path = "{data}"
@@ -73,6 +78,7 @@ tag_ttl = "{ttl}"
 offline = {offline}
 "#,
         data = data.display(),
+        server = o.server.unwrap_or(""),
         rt = o.read_timeout,
         du = o.default_upstream,
         ttl = o.tag_ttl,
