@@ -18,6 +18,8 @@
 //!   whose client has not taken a single byte of its response for that long
 //!   (nginx's `send_timeout`). A request waiting on upstream is never cut by
 //!   either: upstream has its own deadlines.
+//! - **Malformed requests** that hyper answers itself (bad request line,
+//!   oversized headers) get the spec JSON body: see `http::rejection`.
 //! - **Accept errors** (EMFILE, ENFILE, ENOBUFS…) are logged, rate-limited,
 //!   and the loop pauses briefly rather than spinning.
 //!
@@ -252,7 +254,12 @@ impl Conn {
         activity.last_io.store(now, Ordering::Relaxed);
         // The first request's header clock starts at the accept.
         activity.pending_since.store(now, Ordering::Relaxed);
-        let io = TokioIo::new(Tracked { inner: tcp, activity: activity.clone(), limits: self.limits.clone() });
+        let io = TokioIo::new(Tracked {
+            inner: tcp,
+            activity: activity.clone(),
+            limits: self.limits.clone(),
+            rewrite: None,
+        });
         let service = Service { app: self.app.clone(), activity: activity.clone(), limits: self.limits.clone() };
         let conn = self.builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
@@ -361,9 +368,43 @@ struct Tracked {
     inner: TcpStream,
     activity: Arc<Activity>,
     limits: Arc<Limits>,
+    /// hyper's own rejection of a malformed request, being replaced by a
+    /// spec JSON answer (see `http::rejection`).
+    rewrite: Option<Rewrite>,
+}
+
+struct Rewrite {
+    bytes: Vec<u8>,
+    sent: usize,
+    /// Length of hyper's write that this answer stands for.
+    replaces: usize,
 }
 
 impl Tracked {
+    /// Writes `head` through the rejection rewrite when it is hyper's own
+    /// answer to a malformed request; `None` for every other write.
+    fn poll_rewrite(&mut self, cx: &mut Context<'_>, head: &[u8]) -> Option<Poll<io::Result<usize>>> {
+        if self.rewrite.is_none() {
+            if self.activity.active.load(Ordering::Acquire) != 0 {
+                return None;
+            }
+            let bytes = crate::http::rejection::rewrite(head)?;
+            self.rewrite = Some(Rewrite { bytes, sent: 0, replaces: head.len() });
+        }
+        let rw = self.rewrite.as_mut()?;
+        while rw.sent < rw.bytes.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &rw.bytes[rw.sent..]) {
+                Poll::Ready(Ok(0)) => return Some(Poll::Ready(Err(io::ErrorKind::WriteZero.into()))),
+                Poll::Ready(Ok(n)) => rw.sent += n,
+                Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(e))),
+                Poll::Pending => return Some(Poll::Pending),
+            }
+        }
+        let replaced = rw.replaces;
+        self.rewrite = None;
+        Some(Poll::Ready(Ok(replaced)))
+    }
+
     fn wrote(&self) {
         self.activity.last_io.store(self.limits.now_ms(), Ordering::Relaxed);
         if self.activity.write_blocked_since.load(Ordering::Relaxed) != 0 {
@@ -405,6 +446,9 @@ impl AsyncRead for Tracked {
 
 impl AsyncWrite for Tracked {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if let Some(r) = self.poll_rewrite(cx, buf) {
+            return r;
+        }
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.note_write(&r);
         r
@@ -415,6 +459,13 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        // hyper's rejection is a lone head: one slice, nothing after it.
+        let mut parts = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(head), None) = (parts.next(), parts.next()) {
+            if let Some(r) = self.poll_rewrite(cx, head) {
+                return r;
+            }
+        }
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         self.note_write(&r);
         r

@@ -344,3 +344,31 @@ async fn range_forms_on_a_blob_in_flight() {
     assert_eq!(first.bytes().await.unwrap().len(), size);
     assert_eq!(env.upstream.count("GET", "/blobs/"), 1);
 }
+
+/// Requests hyper rejects before the router still get a spec JSON body.
+#[tokio::test]
+async fn malformed_requests_below_the_router_get_spec_json() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = common::Env::start().await;
+    let addr = env.url.trim_start_matches("http://").to_string();
+    let big_header = format!("GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(100_000));
+    for (raw, status) in [
+        ("GARBAGE\r\n\r\n".to_string(), 400),
+        ("GET /v2/ HTTP/9.9\r\nHost: x\r\n\r\n".to_string(), 400),
+        (big_header, 431),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let _ = s.write_all(raw.as_bytes()).await;
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        let text = String::from_utf8_lossy(&out).to_string();
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a complete answer");
+        assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+        assert!(head.to_ascii_lowercase().contains("x-request-id: "), "{head}");
+        let v: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+        assert!(v["errors"][0]["code"].is_string() && v["errors"][0]["message"].is_string(), "{v}");
+    }
+    // The connection stays usable for well-formed requests.
+    assert_eq!(env.get("/v2/").await.status(), 200);
+}

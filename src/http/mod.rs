@@ -11,6 +11,7 @@
 
 pub mod error;
 pub mod range;
+pub mod rejection;
 pub mod request_id;
 
 pub use self::request_id::X_REQUEST_ID;
