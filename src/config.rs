@@ -144,6 +144,15 @@ pub struct UpstreamConfig {
     /// upstream becomes an error instead of a hung pull.
     #[serde(default = "default_read_timeout", with = "humantime_serde")]
     pub read_timeout: Duration,
+    /// Overall deadline for one upstream operation: a token fetch, a manifest
+    /// HEAD or GET (body, redirects and token included), a blob HEAD, a whole
+    /// paginated tags list, and a blob GET until its headers arrive. Needed
+    /// because `read_timeout` is per read: an upstream trickling one byte
+    /// just inside it would otherwise hold a client indefinitely. Blob bodies
+    /// are exempt (a large layer on a slow link may rightly take long); they
+    /// keep `read_timeout` only.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// The password, read from `password_env` by [`Config::validate`].
     #[serde(skip)]
     pub password: Option<Secret>,
@@ -154,6 +163,10 @@ fn default_connect_timeout() -> Duration {
 }
 
 fn default_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_request_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
@@ -264,6 +277,10 @@ impl Config {
             if !matches!(up.url.scheme(), "http" | "https") || up.url.host().is_none() {
                 return Err(invalid(format!("{key}.url"), "must be an http(s) URL with a host"));
             }
+            if up.request_timeout.is_zero() {
+                // Every upstream request would fail at once.
+                return Err(invalid(format!("{key}.request_timeout"), "must be longer than 0s"));
+            }
             if let Some(var) = &up.password_env {
                 let value = std::env::var(var).map_err(|_| {
                     invalid(format!("{key}.password_env"), format!("environment variable {var} is not set"))
@@ -345,6 +362,20 @@ aliases = ["k8s.gcr.io"]
         assert_eq!(cfg.storage.path, PathBuf::from("./data"));
         assert!(!cfg.cache.offline);
         assert_eq!(cfg.upstreams["registry.k8s.io"].read_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn request_timeout_defaults_to_30s_and_parses() {
+        let cfg = Config::from_toml(MIN).unwrap();
+        assert_eq!(cfg.upstreams["registry.k8s.io"].request_timeout, Duration::from_secs(30));
+        let cfg = Config::from_toml(&format!("{MIN}request_timeout = \"2m 5s\"\n")).unwrap();
+        assert_eq!(cfg.upstreams["registry.k8s.io"].request_timeout, Duration::from_secs(125));
+        let e = err(&format!("{MIN}request_timeout = \"0s\"\n"));
+        assert!(e.contains("request_timeout"), "{e}");
+        let e = err(&format!("{MIN}request_timeout = \"soon\"\n"));
+        assert!(e.contains("request_timeout"), "{e}");
+        let e = err(&format!("{MIN}request_timeuot = \"5s\"\n"));
+        assert!(e.contains("request_timeuot"), "unknown keys stay errors: {e}");
     }
 
     fn err(text: &str) -> String {

@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`oci`]: protocol vocabulary (digests, names, routes, error codes); no I/O.
 //! - [`config`]: `config.toml` types, defaults and validation.
+//! - [`flight`]: keyed single-flight, used by the proxy (manifests, tags)
+//!   and the upstream client (tokens).
 //! - [`storage`]: the content store on `object_store`; [`storage::paths`] is
 //!   the one key mapper.
 //! - [`upstream`]: the registry client (tokens, redirects, timeouts).
@@ -12,6 +14,7 @@
 //! - [`server`]: the listener: connection cap, header and idle timeouts.
 
 pub mod config;
+pub mod flight;
 pub mod http;
 pub mod oci;
 pub mod proxy;

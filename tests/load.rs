@@ -107,6 +107,7 @@ const SHORT: Options = Options {
     tag_ttl: "5m",
     offline: false,
     read_timeout: "5s",
+    request_timeout: "5s",
     default_upstream: "registry.k8s.io",
     credentials: None,
     upstream_url: None,

@@ -8,8 +8,8 @@
 //! fetch is single-flight.
 
 pub mod fill;
-pub mod flight;
 pub mod routing;
+pub mod taglist;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -20,9 +20,10 @@ use quick_cache::sync::Cache;
 use quick_cache::Weighter;
 
 use self::fill::{Fill, Fills};
-use self::flight::Group;
 use self::routing::{RoutingError, RoutingTable};
+use self::taglist::TagLists;
 use crate::config::Config;
+use crate::flight::Group;
 use crate::oci::{media, Digest, Reference, RepoKey, RepoName, Tag};
 use crate::storage::{self, now_secs, BlobHandle, ByteStream, Class, Store, StoredManifest, TagLink};
 use crate::upstream::{self, Upstream};
@@ -182,6 +183,8 @@ pub struct Proxy {
     tag_flights: Arc<Group<TagKey, (Arc<StoredManifest>, CacheStatus), Error>>,
     manifest_flights: Arc<Group<Digest, Arc<StoredManifest>, Error>>,
     fills: Arc<Fills>,
+    /// Upstream tags lists: single-flight per repository, kept for `tag_ttl`.
+    tag_lists: TagLists,
 }
 
 impl Proxy {
@@ -202,6 +205,7 @@ impl Proxy {
             tag_flights: Arc::default(),
             manifest_flights: Arc::default(),
             fills: Arc::default(),
+            tag_lists: TagLists::new(cfg.cache.tag_ttl),
         })
     }
 
@@ -422,7 +426,9 @@ impl Proxy {
     // ---- tags list ---------------------------------------------------
 
     /// All tags: published ∪ pinned ∪ upstream's list (the cached copy of
-    /// it when upstream fails or the mirror is offline), sorted.
+    /// it when upstream fails or the mirror is offline), sorted. Upstream's
+    /// list is fetched once per repository however many clients ask, and
+    /// not asked again for `tag_ttl`.
     pub async fn tags(&self, key: &RepoKey) -> Result<Vec<String>> {
         let mut all = BTreeSet::new();
         for class in [Class::Published, Class::Pinned] {
@@ -431,20 +437,12 @@ impl Proxy {
         let remote = if self.offline {
             Err(upstream::Error::Transport("offline mode".into()))
         } else {
-            let up = self.upstream(key)?;
-            first_found(&self.upstream_repos(key, None), |r| {
-                let up = up.clone();
-                async move { up.tags(&r).await }
-            })
-            .await
+            let (up, repos, store, k) =
+                (self.upstream(key)?, self.upstream_repos(key, None), self.store.clone(), key.clone());
+            self.tag_lists.get(key, move || Self::fetch_tags(up, repos, store, k)).await
         };
         match remote {
-            Ok(list) => {
-                if let Err(e) = self.store.put_taglist(key, &list).await {
-                    tracing::warn!(repo = %key, error = %e, "could not cache tags list");
-                }
-                all.extend(list);
-            }
+            Ok(list) => all.extend(list.iter().cloned()),
             Err(upstream::Error::NotFound) if all.is_empty() => return Err(Error::NameUnknown),
             Err(upstream::Error::NotFound) => {}
             Err(e) => match self.store.get_taglist(key).await? {
@@ -458,6 +456,25 @@ impl Proxy {
             },
         }
         Ok(all.into_iter().collect())
+    }
+
+    /// Upstream's tags list, also stored for when upstream is down. Owned
+    /// arguments: it runs as a single-flight task (see `taglist`).
+    async fn fetch_tags(
+        up: Arc<Upstream>,
+        repos: Vec<RepoName>,
+        store: Arc<Store>,
+        key: RepoKey,
+    ) -> std::result::Result<Vec<String>, upstream::Error> {
+        let list = first_found(&repos, |r| {
+            let up = up.clone();
+            async move { up.tags(&r).await }
+        })
+        .await?;
+        if let Err(e) = store.put_taglist(&key, &list).await {
+            tracing::warn!(repo = %key, error = %e, "could not cache tags list");
+        }
+        Ok(list)
     }
 }
 

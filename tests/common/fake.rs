@@ -1,9 +1,11 @@
 //! A fake upstream registry on 127.0.0.1:0 that counts requests and can
 //! misbehave on demand (truncate, corrupt, 500, 429, stall, throttle,
-//! require bearer tokens, redirect blobs to another host).
+//! require bearer tokens, redirect blobs to another host, trickle or flood
+//! the token endpoint, flood the tags list).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +31,24 @@ pub enum Mode {
     /// Blob bodies: flip one byte.
     Corrupt,
 }
+
+/// How the fake's `/token` endpoint answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenMode {
+    /// The token from `FakeState::token`, valid for 300 s.
+    Normal,
+    /// HTTP 500.
+    Error500,
+    /// The normal answer, one byte every this long.
+    Trickle(Duration),
+    /// A body of this many bytes (an unterminated token string), streamed in
+    /// 64 KiB chunks and never allocated whole; `announce`: with a
+    /// `Content-Length`.
+    Huge { bytes: u64, announce: bool },
+}
+
+/// Bytes per chunk of the fake's streamed bodies.
+const CHUNK: usize = 64 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Logged {
@@ -56,6 +76,18 @@ pub struct FakeState {
     pub redirect_blobs_to: Mutex<Option<String>>,
     /// Blob bytes sent so far (across all requests).
     pub blob_bytes_sent: Mutex<u64>,
+    pub token_mode: Mutex<TokenMode>,
+    /// Wait this long before answering `/token` (makes overlap certain).
+    pub token_delay: Mutex<Option<Duration>>,
+    /// `/token` body bytes handed to the connection so far.
+    pub token_bytes_sent: Arc<AtomicU64>,
+    /// Answer every tags list with a streamed body of this many bytes
+    /// (no `Content-Length`), never allocated whole.
+    pub huge_tags: Mutex<Option<u64>>,
+    /// Wait this long before answering a tags list.
+    pub tags_delay: Mutex<Option<Duration>>,
+    /// Tags-list body bytes handed to the connection so far (huge lists).
+    pub tags_bytes_sent: Arc<AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -82,6 +114,12 @@ impl FakeUpstream {
             basic: Mutex::default(),
             redirect_blobs_to: Mutex::default(),
             blob_bytes_sent: Mutex::default(),
+            token_mode: Mutex::new(TokenMode::Normal),
+            token_delay: Mutex::default(),
+            token_bytes_sent: Arc::default(),
+            huge_tags: Mutex::default(),
+            tags_delay: Mutex::default(),
+            tags_bytes_sent: Arc::default(),
         });
         let app = axum::Router::new().fallback(handle).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -107,6 +145,40 @@ impl FakeUpstream {
         let d = self.add_blob(data);
         self.state.slow.lock().unwrap().insert(d.clone(), delay);
         d
+    }
+
+    /// Requires `Authorization: Bearer <token>`, issued by `/token`.
+    pub fn require_token(&self, token: &str) {
+        *self.state.token.lock().unwrap() = Some(token.to_string());
+    }
+
+    pub fn set_token_mode(&self, m: TokenMode) {
+        *self.state.token_mode.lock().unwrap() = m;
+    }
+
+    pub fn set_token_delay(&self, d: Option<Duration>) {
+        *self.state.token_delay.lock().unwrap() = d;
+    }
+
+    pub fn set_huge_tags(&self, bytes: Option<u64>) {
+        *self.state.huge_tags.lock().unwrap() = bytes;
+    }
+
+    pub fn set_tags_delay(&self, d: Option<Duration>) {
+        *self.state.tags_delay.lock().unwrap() = d;
+    }
+
+    /// Requests to the token endpoint so far.
+    pub fn token_requests(&self) -> usize {
+        self.count("GET", "/token")
+    }
+
+    pub fn token_bytes_sent(&self) -> u64 {
+        self.state.token_bytes_sent.load(Ordering::SeqCst)
+    }
+
+    pub fn tags_bytes_sent(&self) -> u64 {
+        self.state.tags_bytes_sent.load(Ordering::SeqCst)
     }
 
     pub fn add_blob(&self, data: impl Into<Bytes>) -> String {
@@ -180,9 +252,7 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
         authorization: headers.get("authorization").and_then(|v| v.to_str().ok()).map(String::from),
     });
     if path == "/token" {
-        let token = st.token.lock().unwrap().clone().unwrap_or_default();
-        return ([("content-type", "application/json")], format!(r#"{{"token":"{token}","expires_in":300}}"#))
-            .into_response();
+        return token(&st).await;
     }
     if let Some(digest) = path.strip_prefix("/cdn/") {
         // A redirect target: must never see the origin's credentials.
@@ -234,6 +304,19 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
 async fn route(st: &Arc<FakeState>, method: &Method, path: &str, _headers: &HeaderMap, mode: Mode) -> Response {
     let rest = path.strip_prefix("/v2/").unwrap_or("");
     if let Some(repo) = rest.strip_suffix("/tags/list") {
+        let delay = *st.tags_delay.lock().unwrap();
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        let huge = *st.huge_tags.lock().unwrap();
+        if let Some(bytes) = huge {
+            // `"tag0001",` over and over: valid-looking, never terminated.
+            let unit = br#""tag0001","#;
+            let chunk = Bytes::from(unit.iter().copied().cycle().take(CHUNK).collect::<Vec<u8>>());
+            let prefix = Bytes::from(format!(r#"{{"name":"{repo}","tags":["#));
+            let body = flood(prefix, chunk, bytes, st.tags_bytes_sent.clone());
+            return ([("content-type", "application/json")], body).into_response();
+        }
         let tags = st.tags.lock().unwrap().get(repo).cloned();
         return match tags {
             Some(mut t) => {
@@ -271,6 +354,69 @@ async fn route(st: &Arc<FakeState>, method: &Method, path: &str, _headers: &Head
         return send_blob(st, method, digest, blob, mode).await;
     }
     error(StatusCode::NOT_FOUND, "NAME_UNKNOWN")
+}
+
+/// The `/token` endpoint, as `token_mode` says.
+async fn token(st: &Arc<FakeState>) -> Response {
+    let delay = *st.token_delay.lock().unwrap();
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    let token = st.token.lock().unwrap().clone().unwrap_or_default();
+    let body = format!(r#"{{"token":"{token}","expires_in":300}}"#);
+    let mode = *st.token_mode.lock().unwrap();
+    let sent = st.token_bytes_sent.clone();
+    let body = match mode {
+        TokenMode::Normal => {
+            sent.fetch_add(body.len() as u64, Ordering::SeqCst);
+            Body::from(body)
+        }
+        TokenMode::Error500 => return error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+        TokenMode::Trickle(every) => {
+            let bytes: Vec<u8> = body.into_bytes();
+            let stream = futures::stream::iter(bytes).then(move |b| {
+                let sent = sent.clone();
+                async move {
+                    tokio::time::sleep(every).await;
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, std::io::Error>(Bytes::from(vec![b]))
+                }
+            });
+            Body::from_stream(stream)
+        }
+        TokenMode::Huge { bytes, announce } => {
+            let body = flood(Bytes::from_static(br#"{"token":""#), Bytes::from(vec![b'a'; CHUNK]), bytes, sent);
+            let mut r = Response::new(body);
+            r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+            if announce {
+                r.headers_mut().insert("content-length", bytes.into());
+            }
+            return r;
+        }
+    };
+    ([("content-type", "application/json")], body).into_response()
+}
+
+/// A body of `prefix` then copies of `chunk`, `total` bytes in all, built
+/// as it is sent (memory stays one chunk) and counted into `sent` as each
+/// piece is handed to the connection.
+fn flood(prefix: Bytes, chunk: Bytes, total: u64, sent: Arc<AtomicU64>) -> Body {
+    let pieces = futures::stream::unfold((Some(prefix), total), move |(prefix, left)| {
+        let chunk = chunk.clone();
+        async move {
+            if left == 0 {
+                return None;
+            }
+            let piece = prefix.unwrap_or(chunk);
+            let piece = piece.slice(..piece.len().min(left as usize));
+            let left = left - piece.len() as u64;
+            Some((piece, (None, left)))
+        }
+    });
+    Body::from_stream(pieces.map(move |p| {
+        sent.fetch_add(p.len() as u64, Ordering::SeqCst);
+        Ok::<_, std::io::Error>(p)
+    }))
 }
 
 async fn send_blob(st: &Arc<FakeState>, method: &Method, digest: &str, blob: Bytes, mode: Mode) -> Response {

@@ -29,6 +29,8 @@ pub struct Options {
     pub tag_ttl: &'static str,
     pub offline: bool,
     pub read_timeout: &'static str,
+    /// `request_timeout` of both upstreams.
+    pub request_timeout: &'static str,
     pub default_upstream: &'static str,
     /// `(username, password_env)` for the registry.k8s.io upstream.
     pub credentials: Option<(&'static str, &'static str)>,
@@ -45,6 +47,7 @@ impl Default for Options {
             tag_ttl: "5m",
             offline: false,
             read_timeout: "2s",
+            request_timeout: "5s",
             default_upstream: "registry.k8s.io",
             credentials: None,
             upstream_url: None,
@@ -66,11 +69,13 @@ path = "{data}"
 url = "{upstream}"
 aliases = ["k8s.gcr.io"]
 read_timeout = "{rt}"
+request_timeout = "{rqt}"
 connect_timeout = "2s"
 {creds}
 [upstreams."docker.io"]
 url = "{upstream}"
 read_timeout = "{rt}"
+request_timeout = "{rqt}"
 [routing]
 default_upstream = "{du}"
 [cache]
@@ -80,6 +85,7 @@ offline = {offline}
         data = data.display(),
         server = o.server.unwrap_or(""),
         rt = o.read_timeout,
+        rqt = o.request_timeout,
         du = o.default_upstream,
         ttl = o.tag_ttl,
         offline = o.offline,

@@ -1,4 +1,5 @@
-//! Keyed single-flight for small results (manifests, tag revalidations).
+//! Keyed single-flight for small results (manifests, tag revalidations,
+//! upstream tokens, tags lists).
 //!
 //! The first caller for a key spawns the work as its own task; callers that
 //! arrive while it runs await the same shared result. Because the work is a
@@ -7,7 +8,7 @@
 //! The task removes its own entry when it finishes, so a later call for the
 //! key starts afresh (a failure is not remembered).
 //!
-//! Blobs do not use this: their bodies stream through `fill`.
+//! Blobs do not use this: their bodies stream through `proxy::fill`.
 
 use std::collections::HashMap;
 use std::future::Future;
