@@ -493,6 +493,29 @@ async fn bearer_tokens_are_fetched_cached_and_not_leaked_on_redirect() {
     assert!(authed >= 2, "the origin got the token");
 }
 
+/// A redirect target that wants a token of its own gets it fetched
+/// anonymously: our upstream credentials answer only the configured host.
+#[tokio::test]
+async fn credentials_never_go_to_a_redirect_targets_token_realm() {
+    // SAFETY: no other thread of this test binary touches this variable.
+    unsafe { std::env::set_var("KLTS_TEST_REALM_PASSWORD", "hunter2") };
+    let env =
+        Env::with(Options { credentials: Some(("klts", "KLTS_TEST_REALM_PASSWORD")), ..Default::default() }).await;
+    let cdn = common::FakeUpstream::start().await;
+    *env.upstream.state.token.lock().unwrap() = Some("origin-token".into());
+    *cdn.state.token.lock().unwrap() = Some("cdn-token".into());
+    *env.upstream.state.redirect_blobs_to.lock().unwrap() = Some(cdn.url());
+    let (_, layer) = env.upstream.add_image("kube-proxy", "v1.30.0", bytes(50_000, 24));
+    cdn.add_blob(bytes(50_000, 24));
+    let r = env.get(&format!("/v2/kube-proxy/blobs/{layer}")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(digest_of(&r.bytes().await.unwrap()), layer);
+    let origin_token = env.upstream.requests().into_iter().find(|l| l.path.starts_with("/token")).unwrap();
+    assert_eq!(origin_token.authorization.as_deref(), Some("Basic a2x0czpodW50ZXIy"), "the origin's realm gets them");
+    let cdn_token = cdn.requests().into_iter().find(|l| l.path.starts_with("/token")).expect("cdn token fetched");
+    assert_eq!(cdn_token.authorization, None, "the redirect target's realm never does");
+}
+
 #[tokio::test]
 async fn oversized_manifests_are_refused() {
     let env = Env::start().await;

@@ -209,7 +209,12 @@ impl Upstream {
                     resp.headers().get(WWW_AUTHENTICATE).and_then(|h| h.to_str().ok()).and_then(auth::parse_challenge);
                 match challenge {
                     Some(Challenge::Bearer { realm, service, .. }) => {
-                        let request = self.token_request(&realm, service.as_deref(), scope)?;
+                        // Our credentials answer only the configured host's
+                        // challenges; a redirect target's token is fetched
+                        // anonymously, so no other host can harvest them by
+                        // naming a realm of its own.
+                        let ours = host == host_key(&self.base);
+                        let request = self.token_request(&realm, service.as_deref(), scope, ours)?;
                         let fetch = move || request.fetch();
                         fresh = Some(self.tokens.obtain(&host, scope, attached.as_ref(), fetch).await?);
                         continue;
@@ -245,7 +250,13 @@ impl Upstream {
     }
 
     /// The token request for a bearer challenge, ready to run on its own.
-    fn token_request(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<TokenRequest> {
+    fn token_request(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        with_credentials: bool,
+    ) -> Result<TokenRequest> {
         let mut url = Url::parse(realm).map_err(|e| Error::Invalid(format!("bad token realm {realm:?}: {e}")))?;
         {
             let mut q = url.query_pairs_mut();
@@ -255,7 +266,7 @@ impl Upstream {
             q.append_pair("scope", scope);
         }
         let mut req = self.client.get(url);
-        if let Some(user) = &self.username {
+        if let Some(user) = self.username.as_ref().filter(|_| with_credentials) {
             req = req.basic_auth(user, self.password.as_ref().map(|p| p.0.clone()));
         }
         Ok(TokenRequest { req, timeout: self.request_timeout })

@@ -255,9 +255,19 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
         return token(&st).await;
     }
     if let Some(digest) = path.strip_prefix("/cdn/") {
-        // A redirect target: must never see the origin's credentials.
-        if headers.contains_key("authorization") {
+        // A redirect target: must never see the origin's credentials. With
+        // a token of its own it challenges for that (and only that) token.
+        let own = st.token.lock().unwrap().clone().map(|t| format!("Bearer {t}"));
+        let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+        if auth.is_some() && auth != own.as_deref() {
             return error(StatusCode::BAD_REQUEST, "LEAKED_AUTH");
+        }
+        if own.is_some() && auth.is_none() {
+            let host = headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or("");
+            let challenge = format!(r#"Bearer realm="http://{host}/token",service="cdn""#);
+            let mut r = error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+            r.headers_mut().insert("www-authenticate", challenge.parse().unwrap());
+            return r;
         }
         let blob = st.blobs.lock().unwrap().get(digest).cloned();
         return match blob {
