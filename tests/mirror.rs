@@ -606,3 +606,15 @@ async fn basic_credentials_only_when_challenged_and_only_to_the_upstream() {
     *env.upstream.state.basic.lock().unwrap() = Some("Basic other".into());
     assert_error(env.get("/v2/pause/manifests/other").await, 403, "DENIED").await;
 }
+
+/// sha512 is a registered algorithm: a missing sha512 blob or manifest is
+/// unknown (404), not an invalid digest (400).
+#[tokio::test]
+async fn sha512_digests_are_accepted() {
+    let env = Env::start().await;
+    let d = format!("sha512:{}", "ab".repeat(64));
+    assert_error(env.get(&format!("/v2/pause/blobs/{d}")).await, 404, "BLOB_UNKNOWN").await;
+    assert_error(env.get(&format!("/v2/pause/manifests/{d}")).await, 404, "MANIFEST_UNKNOWN").await;
+    let bad = format!("sha384:{}", "ab".repeat(48));
+    assert_error(env.get(&format!("/v2/pause/blobs/{bad}")).await, 400, "DIGEST_INVALID").await;
+}

@@ -1,18 +1,50 @@
-//! Content digests.
-//!
-//! The store is content-addressed by sha256 only: it is what every registry
-//! on the path (registry.k8s.io, Docker Hub, ghcr.io) uses, and accepting an
-//! algorithm we cannot verify would let unverified bytes into the cache.
+//! Content digests: sha256 (what every registry on the path uses) and
+//! sha512 (OCI image-spec's other registered algorithm, which publishers
+//! may push). Nothing else is accepted: an algorithm we cannot verify
+//! would let unverified bytes into the store.
 
 use std::fmt;
 use std::str::FromStr;
 
-use sha2::{Digest as _, Sha256};
+use sha2::{Digest as _, Sha256, Sha512};
 
-/// A parsed `sha256:<64 lowercase hex>` digest.
+/// A registered digest algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    Sha256,
+    Sha512,
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Sha256 => "sha256",
+            Algorithm::Sha512 => "sha512",
+        }
+    }
+
+    /// Length of the hex encoding.
+    pub fn hex_len(self) -> usize {
+        match self {
+            Algorithm::Sha256 => 64,
+            Algorithm::Sha512 => 128,
+        }
+    }
+
+    fn parse(s: &str) -> Option<Algorithm> {
+        match s {
+            "sha256" => Some(Algorithm::Sha256),
+            "sha512" => Some(Algorithm::Sha512),
+            _ => None,
+        }
+    }
+}
+
+/// A parsed `<algorithm>:<lowercase hex>` digest.
 ///
-/// Invariant: the hex part is exactly 64 characters of `[0-9a-f]`, so it is
-/// safe to use as a path segment and never needs escaping.
+/// Invariant: the algorithm is sha256 or sha512 and the hex part has
+/// exactly its length of `[0-9a-f]`, so it is safe to use as a path segment
+/// and never needs escaping.
 ///
 /// Stored once as the quoted text `"sha256:<hex>"`: cloning is a reference
 /// count, and the `Docker-Content-Digest` and `ETag` header values are
@@ -22,32 +54,46 @@ pub struct Digest {
     quoted: bytes::Bytes,
 }
 
-/// `"sha256:` — the quote plus the algorithm prefix.
+/// Both algorithm names are 6 characters: `"sha256:` is the quote, the
+/// name and the colon.
 const PREFIX: usize = 8;
-const QUOTED_LEN: usize = PREFIX + 64 + 1;
 
 /// Why a digest string was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DigestError {
     #[error("digest must have the form <algorithm>:<hex>")]
     Malformed,
-    #[error("unsupported digest algorithm {0:?}; only sha256 is accepted")]
+    #[error("unsupported digest algorithm {0:?}; sha256 and sha512 are accepted")]
     UnsupportedAlgorithm(String),
-    #[error("sha256 digest must be 64 lowercase hex characters")]
+    #[error("digest hex must be lowercase and as long as its algorithm requires")]
     BadHex,
 }
 
 impl Digest {
-    /// Computes the digest of a complete byte slice (manifests; blobs are
+    /// The sha256 digest of a complete byte slice (manifests; blobs are
     /// hashed incrementally with [`Verifier`]).
     pub fn of(bytes: &[u8]) -> Digest {
-        Digest::from_hex(&hex::encode(Sha256::digest(bytes)))
+        Digest::of_with(Algorithm::Sha256, bytes)
     }
 
-    fn from_hex(hex: &str) -> Digest {
-        debug_assert_eq!(hex.len(), 64);
-        let mut quoted = Vec::with_capacity(QUOTED_LEN);
-        quoted.extend_from_slice(b"\"sha256:");
+    /// The digest of `bytes` with `alg`.
+    pub fn of_with(alg: Algorithm, bytes: &[u8]) -> Digest {
+        let mut v = Verifier::with(alg);
+        v.update(bytes);
+        v.finish()
+    }
+
+    /// Whether `bytes` hash to this digest (with this digest's algorithm).
+    pub fn matches(&self, bytes: &[u8]) -> bool {
+        Digest::of_with(self.algorithm(), bytes) == *self
+    }
+
+    fn from_hex(alg: Algorithm, hex: &str) -> Digest {
+        debug_assert_eq!(hex.len(), alg.hex_len());
+        let mut quoted = Vec::with_capacity(PREFIX + hex.len() + 1);
+        quoted.push(b'"');
+        quoted.extend_from_slice(alg.as_str().as_bytes());
+        quoted.push(b':');
         quoted.extend_from_slice(hex.as_bytes());
         quoted.push(b'"');
         Digest { quoted: quoted.into() }
@@ -55,12 +101,12 @@ impl Digest {
 
     /// `sha256:<hex>`, as sent in `Docker-Content-Digest`.
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.quoted[1..QUOTED_LEN - 1]).expect("digest text is ASCII")
+        std::str::from_utf8(&self.quoted[1..self.quoted.len() - 1]).expect("digest text is ASCII")
     }
 
     /// `sha256:<hex>` as shared bytes (for header values).
     pub fn text_bytes(&self) -> bytes::Bytes {
-        self.quoted.slice(1..QUOTED_LEN - 1)
+        self.quoted.slice(1..self.quoted.len() - 1)
     }
 
     /// `"sha256:<hex>"` with quotes, as shared bytes (an ETag).
@@ -68,14 +114,17 @@ impl Digest {
         self.quoted.clone()
     }
 
-    /// The 64 hex characters, without the algorithm prefix.
+    /// The hex characters, without the algorithm prefix.
     pub fn hex(&self) -> &str {
         &self.as_str()[PREFIX - 1..]
     }
 
-    /// The algorithm name; always `sha256` for now.
-    pub fn algorithm(&self) -> &'static str {
-        "sha256"
+    pub fn algorithm(&self) -> Algorithm {
+        if &self.quoted[4..7] == b"512" {
+            Algorithm::Sha512
+        } else {
+            Algorithm::Sha256
+        }
     }
 }
 
@@ -88,17 +137,16 @@ impl FromStr for Digest {
             return Err(DigestError::Malformed);
         }
         // Grammar from the OCI image spec: algorithm-component [+._-] separated.
-        if alg != "sha256" && !alg.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
-        {
+        if !alg.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b)) {
             return Err(DigestError::Malformed);
         }
-        if alg != "sha256" {
+        let Some(algorithm) = Algorithm::parse(alg) else {
             return Err(DigestError::UnsupportedAlgorithm(alg.to_string()));
-        }
-        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        };
+        if hex.len() != algorithm.hex_len() || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(DigestError::BadHex);
         }
-        Ok(Digest::from_hex(hex))
+        Ok(Digest::from_hex(algorithm, hex))
     }
 }
 
@@ -114,10 +162,15 @@ impl fmt::Debug for Digest {
     }
 }
 
-/// Incremental sha256 over a stream of chunks, compared against the digest
+enum Hasher {
+    Sha256(Sha256),
+    Sha512(Box<Sha512>),
+}
+
+/// Incremental hashing over a stream of chunks, compared against the digest
 /// the bytes were requested by.
 pub struct Verifier {
-    hasher: Sha256,
+    hasher: Hasher,
     len: u64,
 }
 
@@ -128,12 +181,29 @@ impl Default for Verifier {
 }
 
 impl Verifier {
+    /// A sha256 verifier.
     pub fn new() -> Self {
-        Verifier { hasher: Sha256::new(), len: 0 }
+        Verifier::with(Algorithm::Sha256)
+    }
+
+    pub fn with(alg: Algorithm) -> Self {
+        let hasher = match alg {
+            Algorithm::Sha256 => Hasher::Sha256(Sha256::new()),
+            Algorithm::Sha512 => Hasher::Sha512(Box::new(Sha512::new())),
+        };
+        Verifier { hasher, len: 0 }
+    }
+
+    /// A verifier with the algorithm of `d`, to check bytes against it.
+    pub fn for_digest(d: &Digest) -> Self {
+        Verifier::with(d.algorithm())
     }
 
     pub fn update(&mut self, chunk: &[u8]) {
-        self.hasher.update(chunk);
+        match &mut self.hasher {
+            Hasher::Sha256(h) => h.update(chunk),
+            Hasher::Sha512(h) => h.update(chunk),
+        }
         self.len += chunk.len() as u64;
     }
 
@@ -148,7 +218,10 @@ impl Verifier {
 
     /// Finishes hashing and returns the digest of everything seen.
     pub fn finish(self) -> Digest {
-        Digest::from_hex(&hex::encode(self.hasher.finalize()))
+        match self.hasher {
+            Hasher::Sha256(h) => Digest::from_hex(Algorithm::Sha256, &hex::encode(h.finalize())),
+            Hasher::Sha512(h) => Digest::from_hex(Algorithm::Sha512, &hex::encode(h.finalize())),
+        }
     }
 }
 
@@ -186,7 +259,10 @@ mod tests {
         ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad:?} must be rejected");
         }
-        assert_eq!("sha512:abcd".parse::<Digest>(), Err(DigestError::UnsupportedAlgorithm("sha512".into())));
+        assert_eq!("sha384:abcd".parse::<Digest>(), Err(DigestError::UnsupportedAlgorithm("sha384".into())));
+        assert_eq!("sha512:abcd".parse::<Digest>(), Err(DigestError::BadHex));
+        assert_eq!(format!("sha512:{}", "a".repeat(64)).parse::<Digest>(), Err(DigestError::BadHex));
+        assert_eq!(format!("sha256:{}", "a".repeat(128)).parse::<Digest>(), Err(DigestError::BadHex));
     }
 
     #[test]
@@ -196,5 +272,21 @@ mod tests {
         v.update(b"world");
         assert_eq!(v.len(), 11);
         assert_eq!(v.finish(), Digest::of(b"hello world"));
+    }
+
+    #[test]
+    fn sha512_digests_parse_hash_and_verify() {
+        let d = Digest::of_with(Algorithm::Sha512, b"hello world");
+        assert_eq!(d.algorithm(), Algorithm::Sha512);
+        assert_eq!(d.hex().len(), 128);
+        assert!(d.as_str().starts_with("sha512:"));
+        assert_eq!(d.as_str().parse::<Digest>().unwrap(), d);
+        assert!(d.matches(b"hello world") && !d.matches(b"hello"));
+        let mut v = Verifier::for_digest(&d);
+        v.update(b"hello ");
+        v.update(b"world");
+        assert_eq!(v.finish(), d);
+        assert_ne!(Digest::of(b"hello world"), d);
+        assert_eq!(Digest::of(b"").algorithm(), Algorithm::Sha256);
     }
 }

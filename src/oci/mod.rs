@@ -6,6 +6,6 @@ pub mod media;
 pub mod name;
 pub mod route;
 
-pub use digest::{Digest, Verifier};
+pub use digest::{Algorithm, Digest, Verifier};
 pub use error::ErrorCode;
 pub use name::{Reference, RepoKey, RepoName, Tag};

@@ -291,7 +291,7 @@ impl Job {
 
         // The verifier travels into each batch's hash job and back; it is
         // here whenever no batch is in flight.
-        let mut verifier = Some(Verifier::new());
+        let mut verifier = Some(Verifier::for_digest(&self.fill.digest));
         let mut pending: Option<InFlight> = None;
         let mut chunks = body.stream.ready_chunks(BATCH_CHUNKS);
         let mut failed = None;

@@ -587,10 +587,11 @@ async fn keep_manifest(store: &Store, m: &StoredManifest) -> bool {
 /// Checks a manifest body against the digest it was asked by (if any) and
 /// the digest upstream claimed (if any).
 fn verified_manifest(body: upstream::ManifestBody, expected: Option<&Digest>) -> Result<StoredManifest> {
-    let digest = Digest::of(&body.body);
-    for claimed in [expected, body.digest_header.as_ref()].into_iter().flatten() {
-        if *claimed != digest {
-            return Err(Error::Corrupt(format!("manifest hashes to {digest}, expected {claimed}")));
+    // Stored under the digest it was asked by (sha256 or sha512), else sha256.
+    let digest = expected.cloned().unwrap_or_else(|| Digest::of(&body.body));
+    for claimed in [Some(&digest), body.digest_header.as_ref()].into_iter().flatten() {
+        if !claimed.matches(&body.body) {
+            return Err(Error::Corrupt(format!("manifest does not hash to {claimed}")));
         }
     }
     let media_type = media::resolve(body.content_type.as_deref(), &body.body);

@@ -247,7 +247,7 @@ impl Store {
         };
         let media_type = String::from_utf8_lossy(&raw[..nl]).into_owned();
         let body = raw.slice(nl + 1..);
-        if Digest::of(&body) != *d {
+        if !d.matches(&body) {
             tracing::error!(digest = %d, "stored manifest does not match its digest; ignoring it");
             return Ok(None);
         }

@@ -2,10 +2,10 @@
 //!
 //! ```text
 //! <root>/
-//! ├── blobs/sha256/<hex[0..2]>/<hex>            blob bytes; verified before commit, immutable,
-//! │                                             stored once and shared by every repository,
-//! │                                             upstream and content class
-//! ├── manifests/sha256/<hex[0..2]>/<hex>        manifest record: "<media type>\n" + the
+//! ├── blobs/<alg>/<hex[0..2]>/<hex>             blob bytes (<alg>: sha256 | sha512); verified
+//! │                                             before commit, immutable, stored once and
+//! │                                             shared by every repository, upstream and class
+//! ├── manifests/<alg>/<hex[0..2]>/<hex>         manifest record: "<media type>\n" + the
 //! │                                             manifest bytes exactly as upstream sent them
 //! ├── repos/<class>/<upstream>/<repo…>/
 //! │   ├── _tags/<tag>                           tag link: {"digest": …, "checked": unix secs}
@@ -53,12 +53,12 @@ pub const SPOOL_DIR: &str = "_spool";
 
 pub fn blob(d: &Digest) -> Path {
     let h = d.hex();
-    Path::from(format!("blobs/{}/{}/{}", d.algorithm(), &h[..2], h))
+    Path::from(format!("blobs/{}/{}/{}", d.algorithm().as_str(), &h[..2], h))
 }
 
 pub fn manifest(d: &Digest) -> Path {
     let h = d.hex();
-    Path::from(format!("manifests/{}/{}/{}", d.algorithm(), &h[..2], h))
+    Path::from(format!("manifests/{}/{}/{}", d.algorithm().as_str(), &h[..2], h))
 }
 
 fn repo(class: Class, key: &RepoKey) -> String {
