@@ -2,6 +2,7 @@
 
 pub mod digest;
 pub mod error;
+pub mod manifest;
 pub mod media;
 pub mod name;
 pub mod route;
