@@ -8,8 +8,10 @@
 //! - [`storage`]: the content store on `object_store`; [`storage::paths`] is
 //!   the one key mapper.
 //! - [`upstream`]: the registry client (tokens, redirects, timeouts).
-//! - [`proxy`]: pull-through policy, single-flight and streaming fills; the
-//!   only module that sees both the store and the upstreams.
+//! - [`registry`]: what this site holds (manifests and tags by class, blobs)
+//!   with memory indices; knows nothing of upstreams.
+//! - [`proxy`]: pull-through policy over the registry, single-flight and
+//!   streaming fills; the only module that talks to upstreams.
 //! - [`http`]: the axum edge; the only module that speaks HTTP to clients.
 //! - [`server`]: the listener: connection cap, header and idle timeouts.
 
@@ -18,6 +20,7 @@ pub mod flight;
 pub mod http;
 pub mod oci;
 pub mod proxy;
+pub mod registry;
 pub mod server;
 pub mod storage;
 pub mod upstream;
@@ -46,7 +49,8 @@ pub struct Mirror {
 impl Mirror {
     pub fn new(cfg: &Config) -> Result<Mirror, StartError> {
         let store = Arc::new(storage::Store::open(&cfg.storage)?);
-        let proxy = proxy::Proxy::new(cfg, store).map_err(|e| StartError::Upstream(e.to_string()))?;
+        let registry = Arc::new(registry::Registry::new(store, cfg.storage.manifest_memory_bytes));
+        let proxy = proxy::Proxy::new(cfg, registry).map_err(|e| StartError::Upstream(e.to_string()))?;
         Ok(Mirror { proxy: Arc::new(proxy), server: cfg.server.clone() })
     }
 

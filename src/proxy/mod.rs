@@ -8,30 +8,25 @@
 //! fetch is single-flight.
 
 pub mod fill;
+pub mod origin;
 pub mod routing;
 pub mod taglist;
 
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use quick_cache::sync::Cache;
-use quick_cache::Weighter;
+use std::time::Duration;
 
 use self::fill::{Fill, Fills};
+use self::origin::Origin;
 use self::routing::{RoutingError, RoutingTable};
 use self::taglist::TagLists;
 use crate::config::Config;
 use crate::flight::Group;
 use crate::oci::{media, Digest, Reference, RepoKey, RepoName, Tag};
+use crate::registry::{self, Registry};
 use crate::storage::{self, now_secs, BlobHandle, ByteStream, Class, Store, StoredManifest, TagLink};
 use crate::upstream::{self, Upstream};
-
-/// How long a published/pinned tag lookup is trusted in memory. Publishing
-/// through this replica invalidates at once; other replicas see a new
-/// publish within this bound.
-const LOCAL_TAG_RECHECK: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -56,6 +51,14 @@ pub enum Error {
 impl From<storage::Error> for Error {
     fn from(e: storage::Error) -> Self {
         Error::Storage(e.to_string())
+    }
+}
+
+impl From<registry::Error> for Error {
+    fn from(e: registry::Error) -> Self {
+        match e {
+            registry::Error::Storage(why) => Error::Storage(why),
+        }
     }
 }
 
@@ -127,59 +130,15 @@ impl BlobReply {
     }
 }
 
-#[derive(Clone)]
-struct ManifestWeighter;
-
-impl Weighter<Digest, Arc<StoredManifest>> for ManifestWeighter {
-    fn weight(&self, _: &Digest, m: &Arc<StoredManifest>) -> u64 {
-        (m.body.len() + m.media_type.len() + 128) as u64
-    }
-}
-
-/// What memory knows about one tag of one repository, so that a warm
-/// request by tag costs one lookup and no I/O.
-#[derive(Clone, Default)]
-struct TagState {
-    /// The published or pinned link as last read from the store, and when
-    /// (`None` until first read).
-    local: Option<(Option<(Class, Digest)>, Instant)>,
-    /// The cached-class link; memory is write-through for this class.
-    cached: Option<TagLink>,
-}
-
 type TagKey = (RepoKey, Tag);
 
-/// Borrowed `TagKey` for lookups without cloning; hashes exactly like the
-/// tuple (fields in order).
-#[derive(Hash)]
-struct TagKeyRef<'a>(&'a RepoKey, &'a Tag);
-
-impl quick_cache::Equivalent<TagKey> for TagKeyRef<'_> {
-    fn equivalent(&self, k: &TagKey) -> bool {
-        self.0 == &k.0 && self.1 == &k.1
-    }
-}
-
-/// Read-modify-write of one tag's state. Races between two writers only
-/// lose a memory entry, which is reloaded from the store.
-fn update_tag(tags: &Cache<TagKey, TagState>, key: &RepoKey, tag: &Tag, f: impl FnOnce(&mut TagState)) {
-    let mut state = tags.get(&TagKeyRef(key, tag)).unwrap_or_default();
-    f(&mut state);
-    tags.insert((key.clone(), tag.clone()), state);
-}
-
+/// The pull-through layer over the local [`Registry`].
 pub struct Proxy {
-    store: Arc<Store>,
+    registry: Arc<Registry>,
     routing: RoutingTable,
     upstreams: std::collections::HashMap<String, Arc<Upstream>>,
     offline: bool,
     tag_ttl: Duration,
-    /// Hot manifests by digest, bounded by bytes: a warm manifest request
-    /// does no I/O.
-    manifests: Arc<Cache<Digest, Arc<StoredManifest>, ManifestWeighter>>,
-    /// Tag links by class; cached-class entries are write-through, local
-    /// classes are rechecked after `LOCAL_TAG_RECHECK`.
-    tags: Arc<Cache<TagKey, TagState>>,
     tag_flights: Arc<Group<TagKey, (Arc<StoredManifest>, CacheStatus), Error>>,
     manifest_flights: Arc<Group<Digest, Arc<StoredManifest>, Error>>,
     fills: Arc<Fills>,
@@ -188,20 +147,17 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(cfg: &Config, store: Arc<Store>) -> Result<Proxy> {
+    pub fn new(cfg: &Config, registry: Arc<Registry>) -> Result<Proxy> {
         let mut upstreams = std::collections::HashMap::new();
         for (name, up) in &cfg.upstreams {
             upstreams.insert(name.clone(), Arc::new(Upstream::new(name, up)?));
         }
-        let budget = cfg.storage.manifest_memory_bytes.max(1);
         Ok(Proxy {
-            store,
+            registry,
             routing: RoutingTable::new(cfg),
             upstreams,
             offline: cfg.cache.offline,
             tag_ttl: cfg.cache.tag_ttl,
-            manifests: Arc::new(Cache::with_weighter((budget / 4096).max(16) as usize, budget, ManifestWeighter)),
-            tags: Arc::new(Cache::new(100_000)),
             tag_flights: Arc::default(),
             manifest_flights: Arc::default(),
             fills: Arc::default(),
@@ -210,7 +166,11 @@ impl Proxy {
     }
 
     pub fn store(&self) -> &Arc<Store> {
-        &self.store
+        self.registry.store()
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 
     /// Fills in progress (for tests and metrics).
@@ -222,26 +182,15 @@ impl Proxy {
         Ok(self.routing.route(name, ns)?)
     }
 
-    fn upstream(&self, key: &RepoKey) -> Result<Arc<Upstream>> {
-        self.upstreams
+    /// Where to ask upstream for `key` (and `reference`, which decides
+    /// the CoreDNS rule; see `origin`).
+    fn origin(&self, key: &RepoKey, reference: Option<&Reference>) -> Result<Origin> {
+        let up = self
+            .upstreams
             .get(key.upstream())
             .cloned()
-            .ok_or_else(|| Error::Routing(RoutingError::UnknownUpstream(key.upstream().to_string())))
-    }
-
-    /// Repositories to try upstream, in order. Kubernetes moved CoreDNS to
-    /// `coredns/coredns` at v1.8; kubeadm with a custom imageRepository still
-    /// asks for `<repo>/coredns:v1.x`, which the Kubernetes registry lacks.
-    fn upstream_repos(&self, key: &RepoKey, reference: Option<&Reference>) -> Vec<RepoName> {
-        let mut repos = vec![key.repo().clone()];
-        let versioned = match reference {
-            Some(Reference::Tag(t)) => t.as_str().starts_with('v'),
-            _ => true,
-        };
-        if versioned && key.repo().as_str() == "coredns" && self.routing.is_kubernetes(key.upstream()) {
-            repos.push("coredns/coredns".parse().expect("static name"));
-        }
-        repos
+            .ok_or_else(|| Error::Routing(RoutingError::UnknownUpstream(key.upstream().to_string())))?;
+        Ok(Origin::new(up, key.repo(), self.routing.is_kubernetes(key.upstream()), reference))
     }
 
     // ---- manifests ---------------------------------------------------
@@ -254,7 +203,7 @@ impl Proxy {
     }
 
     async fn manifest_by_digest(&self, key: &RepoKey, d: &Digest) -> Result<(Arc<StoredManifest>, CacheStatus)> {
-        if let Some(m) = self.local_manifest(d).await? {
+        if let Some(m) = self.registry.manifest(d).await? {
             return Ok((m, CacheStatus::Hit));
         }
         if self.offline {
@@ -264,66 +213,35 @@ impl Proxy {
         Ok((m, CacheStatus::Miss))
     }
 
-    async fn local_manifest(&self, d: &Digest) -> Result<Option<Arc<StoredManifest>>> {
-        local_manifest(&self.manifests, &self.store, d).await
-    }
-
     async fn fetch_manifest_by_digest(&self, key: &RepoKey, d: &Digest) -> Result<Arc<StoredManifest>> {
-        let up = self.upstream(key)?;
-        let repos = self.upstream_repos(key, None);
-        let (store, d2) = (self.store.clone(), d.clone());
-        let m = self
-            .manifest_flights
+        let origin = self.origin(key, None)?;
+        let (registry, d2) = (self.registry.clone(), d.clone());
+        self.manifest_flights
             .run(d.clone(), || async move {
-                let reference = Reference::Digest(d2.clone());
-                let body = first_found(&repos, |r| {
-                    let (up, reference) = (up.clone(), reference.clone());
-                    async move { up.get_manifest(&r, &reference).await }
-                })
-                .await
-                .map_err(not_found_as(Error::ManifestUnknown))?;
-                let m = verified_manifest(body, Some(&d2))?;
-                keep_manifest(&store, &m).await;
-                Ok(Arc::new(m))
+                let body = origin
+                    .manifest(&Reference::Digest(d2.clone()))
+                    .await
+                    .map_err(not_found_as(Error::ManifestUnknown))?;
+                let m = Arc::new(verified_manifest(body, Some(&d2))?);
+                registry.keep_manifest(&m).await;
+                Ok(m)
             })
-            .await?;
-        self.manifests.insert(d.clone(), m.clone());
-        Ok(m)
+            .await
     }
 
     async fn manifest_by_tag(&self, key: &RepoKey, tag: &Tag) -> Result<(Arc<StoredManifest>, CacheStatus)> {
-        let state = self.tags.get(&TagKeyRef(key, tag)).unwrap_or_default();
-        let local = match state.local {
-            Some((link, loaded)) if loaded.elapsed() < LOCAL_TAG_RECHECK => link,
-            _ => {
-                let link = self.read_local_tag(key, tag).await?;
-                let l = link.clone();
-                update_tag(&self.tags, key, tag, |s| s.local = Some((l, Instant::now())));
-                link
-            }
-        };
-        if let Some((class, digest)) = local {
-            let m = self.local_manifest(&digest).await?.ok_or_else(|| {
+        if let Some((class, digest)) = self.registry.local_tag(key, tag).await? {
+            let m = self.registry.manifest(&digest).await?.ok_or_else(|| {
                 tracing::error!(repo = %key, %tag, %digest, class = class.as_str(), "tag points to a missing manifest");
                 Error::ManifestUnknown
             })?;
             return Ok((m, CacheStatus::Hit));
         }
-        let cached = match state.cached {
-            Some(link) => Some(link),
-            None => {
-                let link = self.store.get_tag(Class::Cached, key, tag).await?;
-                if let Some(l) = &link {
-                    let l = l.clone();
-                    update_tag(&self.tags, key, tag, |s| s.cached = Some(l));
-                }
-                link
-            }
-        };
+        let cached = self.registry.cached_tag(key, tag).await?;
         if let Some(link) = &cached {
             let age = now_secs().saturating_sub(link.checked);
             if self.offline || Duration::from_secs(age) < self.tag_ttl {
-                if let Some(m) = self.local_manifest(&link.digest).await? {
+                if let Some(m) = self.registry.manifest(&link.digest).await? {
                     return Ok((m, CacheStatus::Hit));
                 }
             }
@@ -345,45 +263,18 @@ impl Proxy {
         cached: Option<TagLink>,
     ) -> impl Future<Output = Result<(Arc<StoredManifest>, CacheStatus)>> + Send + 'static {
         let ctx = TagWork {
-            up: self.upstream(key),
-            repos: self.upstream_repos(key, Some(&Reference::Tag(tag.clone()))),
-            store: self.store.clone(),
-            manifests: self.manifests.clone(),
+            origin: self.origin(key, Some(&Reference::Tag(tag.clone()))),
+            registry: self.registry.clone(),
             key: key.clone(),
             tag: tag.clone(),
         };
-        let tags = self.tags.clone();
-        async move {
-            let out = ctx.resolve(cached).await;
-            // A stale answer leaves the link as it was, so the next request
-            // tries upstream again instead of trusting an unconfirmed tag.
-            if let Ok((m, CacheStatus::Hit | CacheStatus::Miss)) = &out {
-                let link = TagLink { digest: m.digest.clone(), checked: now_secs() };
-                update_tag(&tags, &ctx.key, &ctx.tag, |s| s.cached = Some(link));
-            }
-            out
-        }
+        async move { ctx.resolve(cached).await }
     }
 
-    /// The published tag, else the pinned one, from the store.
-    async fn read_local_tag(&self, key: &RepoKey, tag: &Tag) -> Result<Option<(Class, Digest)>> {
-        for class in [Class::Published, Class::Pinned] {
-            if let Some(link) = self.store.get_tag(class, key, tag).await? {
-                return Ok(Some((class, link.digest)));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Records a published or pinned tag (the push and import paths use
-    /// this; the manifest must already be stored).
+    /// Records a published or pinned tag (the manifest must already be
+    /// stored).
     pub async fn put_local_tag(&self, class: Class, key: &RepoKey, tag: &Tag, digest: &Digest) -> Result<()> {
-        let link = TagLink { digest: digest.clone(), checked: 0 };
-        self.store.put_tag(class, key, tag, &link).await?;
-        // Re-read so that a published tag still wins over a pinned one.
-        let local = self.read_local_tag(key, tag).await?;
-        update_tag(&self.tags, key, tag, |s| s.local = Some((local, Instant::now())));
-        Ok(())
+        Ok(self.registry.put_local_tag(class, key, tag, digest).await?)
     }
 
     // ---- blobs -------------------------------------------------------
@@ -395,31 +286,19 @@ impl Proxy {
         if let Some(fill) = self.fills.get(d) {
             return joined(fill).await;
         }
-        if let Some(h) = self.store.open_blob(d).await? {
+        if let Some(h) = self.registry.open_blob(d).await? {
             return Ok(BlobReply { size: Some(h.size()), cache: CacheStatus::Hit, source: BlobSource::Stored(h) });
         }
         if self.offline {
             return Err(Error::BlobUnknown);
         }
-        let up = self.upstream(key)?;
-        let repos = self.upstream_repos(key, None);
+        let origin = self.origin(key, None)?;
         if head {
-            let size = first_found(&repos, |r| {
-                let (up, d) = (up.clone(), d.clone());
-                async move { up.head_blob(&r, &d).await }
-            })
-            .await
-            .map_err(not_found_as(Error::BlobUnknown))?;
+            let size = origin.head_blob(d).await.map_err(not_found_as(Error::BlobUnknown))?;
             return Ok(BlobReply { size, cache: CacheStatus::Miss, source: BlobSource::Remote });
         }
         let d2 = d.clone();
-        let fill = self.fills.join_or_start(d, &self.store, move || async move {
-            first_found(&repos, |r| {
-                let (up, d) = (up.clone(), d2.clone());
-                async move { up.get_blob(&r, &d).await }
-            })
-            .await
-        });
+        let fill = self.fills.join_or_start(d, self.registry.store(), move || async move { origin.blob(&d2).await });
         joined(fill).await
     }
 
@@ -432,23 +311,22 @@ impl Proxy {
     pub async fn tags(&self, key: &RepoKey) -> Result<Vec<String>> {
         let mut all = BTreeSet::new();
         for class in [Class::Published, Class::Pinned] {
-            all.extend(self.store.list_tags(class, key).await?.into_iter().map(|t| t.to_string()));
+            all.extend(self.registry.tags(class, key).await?.into_iter().map(|t| t.to_string()));
         }
         let remote = if self.offline {
             Err(upstream::Error::Transport("offline mode".into()))
         } else {
-            let (up, repos, store, k) =
-                (self.upstream(key)?, self.upstream_repos(key, None), self.store.clone(), key.clone());
-            self.tag_lists.get(key, move || Self::fetch_tags(up, repos, store, k)).await
+            let (origin, store, k) = (self.origin(key, None)?, self.registry.store().clone(), key.clone());
+            self.tag_lists.get(key, move || Self::fetch_tags(origin, store, k)).await
         };
         match remote {
             Ok(list) => all.extend(list.iter().cloned()),
             Err(upstream::Error::NotFound) if all.is_empty() => return Err(Error::NameUnknown),
             Err(upstream::Error::NotFound) => {}
-            Err(e) => match self.store.get_taglist(key).await? {
+            Err(e) => match self.registry.stored_taglist(key).await? {
                 Some(list) => all.extend(list),
                 None => {
-                    all.extend(self.store.list_tags(Class::Cached, key).await?.into_iter().map(|t| t.to_string()));
+                    all.extend(self.registry.tags(Class::Cached, key).await?.into_iter().map(|t| t.to_string()));
                     if all.is_empty() {
                         return Err(if self.offline { Error::NameUnknown } else { Error::Upstream(e) });
                     }
@@ -460,17 +338,8 @@ impl Proxy {
 
     /// Upstream's tags list, also stored for when upstream is down. Owned
     /// arguments: it runs as a single-flight task (see `taglist`).
-    async fn fetch_tags(
-        up: Arc<Upstream>,
-        repos: Vec<RepoName>,
-        store: Arc<Store>,
-        key: RepoKey,
-    ) -> std::result::Result<Vec<String>, upstream::Error> {
-        let list = first_found(&repos, |r| {
-            let up = up.clone();
-            async move { up.tags(&r).await }
-        })
-        .await?;
+    async fn fetch_tags(origin: Origin, store: Arc<Store>, key: RepoKey) -> upstream::Result<Vec<String>> {
+        let list = origin.tags().await?;
         if let Err(e) = store.put_taglist(&key, &list).await {
             tracing::warn!(repo = %key, error = %e, "could not cache tags list");
         }
@@ -480,38 +349,32 @@ impl Proxy {
 
 /// The parts of `Proxy` that tag resolution needs inside its spawned task.
 struct TagWork {
-    up: Result<Arc<Upstream>>,
-    repos: Vec<RepoName>,
-    store: Arc<Store>,
-    manifests: Arc<Cache<Digest, Arc<StoredManifest>, ManifestWeighter>>,
+    origin: Result<Origin>,
+    registry: Arc<Registry>,
     key: RepoKey,
     tag: Tag,
 }
 
 impl TagWork {
     async fn resolve(&self, cached: Option<TagLink>) -> Result<(Arc<StoredManifest>, CacheStatus)> {
-        let up = self.up.clone()?;
+        let origin = self.origin.clone()?;
         let Some(link) = cached else {
-            return self.fetch_by_tag(&up).await.map(|m| (m, CacheStatus::Miss));
+            return self.fetch_by_tag(&origin).await.map(|m| (m, CacheStatus::Miss));
         };
         // Revalidate with one HEAD (a HEAD does not count against Docker
         // Hub's pull limit); fetch the body only if the digest moved.
-        let reference = Reference::Tag(self.tag.clone());
-        let head = first_found(&self.repos, |r| {
-            let (up, reference) = (up.clone(), reference.clone());
-            async move { up.head_manifest(&r, &reference).await }
-        })
-        .await;
-        match head {
+        match origin.head_manifest(&Reference::Tag(self.tag.clone())).await {
             Ok(h) if h.digest.as_ref() == Some(&link.digest) => {
-                if let Some(m) = self.local(&link.digest).await? {
-                    self.record(&link.digest).await;
+                if let Some(m) = self.registry.manifest(&link.digest).await? {
+                    self.registry.confirm_cached_tag(&self.key, &self.tag, &link.digest).await;
                     return Ok((m, CacheStatus::Hit));
                 }
-                self.fetch_by_tag(&up).await.map(|m| (m, CacheStatus::Miss))
+                self.fetch_by_tag(&origin).await.map(|m| (m, CacheStatus::Miss))
             }
-            Ok(_) => self.fetch_by_tag(&up).await.map(|m| (m, CacheStatus::Miss)),
-            Err(e) if e.is_unavailable() => match self.local(&link.digest).await? {
+            Ok(_) => self.fetch_by_tag(&origin).await.map(|m| (m, CacheStatus::Miss)),
+            // A stale answer leaves the link as it was, so the next request
+            // tries upstream again instead of trusting an unconfirmed tag.
+            Err(e) if e.is_unavailable() => match self.registry.manifest(&link.digest).await? {
                 Some(m) => {
                     tracing::warn!(repo = %self.key, tag = %self.tag, error = %e, "upstream unavailable; serving cached manifest");
                     Ok((m, CacheStatus::Stale))
@@ -523,64 +386,14 @@ impl TagWork {
         }
     }
 
-    async fn local(&self, d: &Digest) -> Result<Option<Arc<StoredManifest>>> {
-        local_manifest(&self.manifests, &self.store, d).await
-    }
-
-    async fn fetch_by_tag(&self, up: &Arc<Upstream>) -> Result<Arc<StoredManifest>> {
-        let reference = Reference::Tag(self.tag.clone());
-        let body = first_found(&self.repos, |r| {
-            let (up, reference) = (up.clone(), reference.clone());
-            async move { up.get_manifest(&r, &reference).await }
-        })
-        .await
-        .map_err(not_found_as(Error::ManifestUnknown))?;
+    async fn fetch_by_tag(&self, origin: &Origin) -> Result<Arc<StoredManifest>> {
+        let body =
+            origin.manifest(&Reference::Tag(self.tag.clone())).await.map_err(not_found_as(Error::ManifestUnknown))?;
         let m = Arc::new(verified_manifest(body, None)?);
-        if keep_manifest(&self.store, &m).await {
-            self.record(&m.digest).await;
-        }
-        self.manifests.insert(m.digest.clone(), m.clone());
+        // Both log a storage failure and keep the answer in memory.
+        self.registry.keep_manifest(&m).await;
+        self.registry.confirm_cached_tag(&self.key, &self.tag, &m.digest).await;
         Ok(m)
-    }
-
-    /// Remembers where the tag points. A failure (full disk) is logged, not
-    /// answered: the manifest in hand is verified and still served.
-    async fn record(&self, d: &Digest) {
-        let link = TagLink { digest: d.clone(), checked: now_secs() };
-        if let Err(e) = self.store.put_tag(Class::Cached, &self.key, &self.tag, &link).await {
-            tracing::error!(repo = %self.key, tag = %self.tag, error = %e, "cannot record the cached tag; serving it uncached");
-        }
-    }
-}
-
-/// A manifest from memory, else from the store (then kept in memory).
-async fn local_manifest(
-    manifests: &Cache<Digest, Arc<StoredManifest>, ManifestWeighter>,
-    store: &Store,
-    d: &Digest,
-) -> Result<Option<Arc<StoredManifest>>> {
-    if let Some(m) = manifests.get(d) {
-        return Ok(Some(m));
-    }
-    let Some(m) = store.get_manifest(d).await? else {
-        return Ok(None);
-    };
-    let m = Arc::new(m);
-    manifests.insert(d.clone(), m.clone());
-    Ok(Some(m))
-}
-
-/// Stores a verified manifest. A failure (full disk) is logged and the
-/// manifest still served: it is verified, and losing a good answer to a
-/// storage problem would turn a cache fault into an outage. Returns whether
-/// it was stored.
-async fn keep_manifest(store: &Store, m: &StoredManifest) -> bool {
-    match store.put_manifest(m).await {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::error!(digest = %m.digest, error = %e, "cannot store a verified manifest; serving it uncached");
-            false
-        }
     }
 }
 
@@ -596,22 +409,6 @@ fn verified_manifest(body: upstream::ManifestBody, expected: Option<&Digest>) ->
     }
     let media_type = media::resolve(body.content_type.as_deref(), &body.body);
     Ok(StoredManifest { digest, media_type, body: body.body })
-}
-
-/// Tries each repository in order while upstream says "not found".
-async fn first_found<T, F, Fut>(repos: &[RepoName], mut f: F) -> std::result::Result<T, upstream::Error>
-where
-    F: FnMut(RepoName) -> Fut,
-    Fut: Future<Output = std::result::Result<T, upstream::Error>>,
-{
-    let mut last = upstream::Error::NotFound;
-    for r in repos {
-        match f(r.clone()).await {
-            Err(upstream::Error::NotFound) => last = upstream::Error::NotFound,
-            other => return other,
-        }
-    }
-    Err(last)
 }
 
 fn not_found_as(e: Error) -> impl FnOnce(upstream::Error) -> Error {
