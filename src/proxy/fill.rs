@@ -47,18 +47,16 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::io::{self, Write};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use bytes::Bytes;
 use futures::stream::StreamExt;
 use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinHandle;
 
 use super::Error;
-use crate::oci::{Digest, Verifier};
+use crate::oci::Digest;
+use crate::storage::spool::{Batch, BlobWriter, Pending};
 use crate::storage::{self, ByteStream, Store};
 use crate::upstream::{self, BlobBody};
 
@@ -104,35 +102,6 @@ impl FillState {
         while self.recent.len() > 1 && end - self.recent[0].end() >= window {
             self.recent.pop_front();
         }
-    }
-}
-
-/// Chunks received together at offset `start`, kept for caught-up readers
-/// (zero-copy: they get slices of the very buffers upstream filled).
-#[derive(Debug)]
-pub struct Batch {
-    pub start: u64,
-    pub chunks: Vec<Bytes>,
-}
-
-impl Batch {
-    /// Offset just past this batch.
-    fn end(&self) -> u64 {
-        self.start + self.chunks.iter().map(|c| c.len() as u64).sum::<u64>()
-    }
-    /// The bytes at `pos..stop` that lie in one chunk of this batch, if `pos`
-    /// falls inside the batch.
-    fn slice(&self, pos: u64, stop: u64) -> Option<Bytes> {
-        let mut at = self.start;
-        for c in &self.chunks {
-            let end = at + c.len() as u64;
-            if pos >= at && pos < end {
-                let to = end.min(stop);
-                return (to > pos).then(|| c.slice((pos - at) as usize..(to - at) as usize));
-            }
-            at = end;
-        }
-        None
     }
 }
 
@@ -205,42 +174,19 @@ struct Job {
     state: Arc<watch::Sender<FillState>>,
 }
 
-/// The spool file a fill writes. `failed` is set by the first write that
-/// fails (full disk); from then on the fill passes bytes through memory.
-struct Spool {
-    path: PathBuf,
-    file: Arc<std::fs::File>,
-    failed: Arc<AtomicBool>,
-}
-
-/// The blocking jobs of one batch. The write job publishes the batch to
-/// readers itself, the moment its bytes are in the file.
-struct InFlight {
-    hash: JoinHandle<Verifier>,
-    write: Option<JoinHandle<()>>,
-}
-
 impl Job {
     async fn run(self, fetch: impl Future<Output = Result<BlobBody, upstream::Error>>) {
         let digest = self.fill.digest.clone();
-        let mut spool_path = None;
         let result = match self.fills.permits.clone().acquire_owned().await {
-            Ok(_permit) => self.download(fetch, &mut spool_path).await,
+            Ok(_permit) => self.download(fetch).await,
             Err(_) => Err(Error::Internal("fill limiter closed".into())),
         };
         match result {
-            Ok(Some(spool)) => {
-                let (store, d) = (self.store.clone(), digest.clone());
-                let committed =
-                    tokio::task::spawn_blocking(move || store.commit_spool_blocking(&d, &spool.path, &spool.file))
-                        .await;
-                match committed {
-                    Ok(Ok(())) => tracing::debug!(%digest, "blob committed"),
-                    Ok(Err(e)) => tracing::error!(%digest, error = %e, "verified blob could not be committed"),
-                    Err(e) => tracing::error!(%digest, error = %e, "commit task failed"),
-                }
-            }
-            Ok(None) => tracing::warn!(%digest, "blob served without caching (spool unavailable)"),
+            Ok(writer) => match writer.commit().await {
+                Ok(true) => tracing::debug!(%digest, "blob committed"),
+                Ok(false) => tracing::warn!(%digest, "blob served without caching (spool unavailable)"),
+                Err(e) => tracing::error!(%digest, error = %e, "verified blob could not be committed"),
+            },
             Err(Error::Upstream(upstream::Error::NotFound)) => {
                 tracing::debug!(%digest, "blob not found upstream");
                 self.state.send_modify(|s| s.error = Some(Error::Upstream(upstream::Error::NotFound)));
@@ -250,9 +196,6 @@ impl Job {
                 self.state.send_modify(|s| s.error = Some(e));
             }
         }
-        if let Some(p) = spool_path {
-            let _ = std::fs::remove_file(p);
-        }
         // Removed only now: until here, the map (not the store) is where a
         // new request finds this blob.
         let mut map = self.fills.inflight.lock().unwrap_or_else(|p| p.into_inner());
@@ -261,38 +204,25 @@ impl Job {
         }
     }
 
-    /// Streams upstream into the spool file (or, when the disk fails,
-    /// through memory) and verifies it. Returns the spool to commit, or
-    /// `None` when the bytes were passed through and nothing is to be kept.
-    /// `spool_path` is set as soon as a spool file exists, for clean-up.
+    /// Streams upstream through a [`BlobWriter`] (into the spool file, or,
+    /// when the disk fails, only through memory) and verifies it. Returns
+    /// the verified writer, to commit.
     async fn download(
         &self,
         fetch: impl Future<Output = Result<BlobBody, upstream::Error>>,
-        spool_path: &mut Option<PathBuf>,
-    ) -> Result<Option<Spool>, Error> {
+    ) -> Result<BlobWriter, Error> {
         let body = fetch.await.map_err(Error::Upstream)?;
         let announced = body.size;
-        let spool = match self.store.create_spool() {
-            Ok((path, file)) => {
-                let file = Arc::new(file);
-                let _ = self.fill.file.set(file.clone());
-                *spool_path = Some(path.clone());
-                Some(Spool { path, file, failed: Arc::default() })
-            }
-            Err(e) => {
-                tracing::warn!(digest = %self.fill.digest, error = %e, "cannot create a spool file; passing the blob through uncached");
-                None
-            }
-        };
+        let mut writer = BlobWriter::new(&self.store, &self.fill.digest);
+        if let Some(file) = writer.file() {
+            let _ = self.fill.file.set(file.clone());
+        }
         self.state.send_modify(|s| {
             s.started = true;
             s.size = announced;
         });
 
-        // The verifier travels into each batch's hash job and back; it is
-        // here whenever no batch is in flight.
-        let mut verifier = Some(Verifier::for_digest(&self.fill.digest));
-        let mut pending: Option<InFlight> = None;
+        let mut pending: Option<Pending> = None;
         let mut chunks = body.stream.ready_chunks(BATCH_CHUNKS);
         let mut failed = None;
         let mut received = 0u64;
@@ -311,33 +241,25 @@ impl Job {
             if !ok.is_empty() {
                 let batch = Arc::new(Batch { start: received, chunks: ok });
                 received = batch.end();
+                // Writes stay in order, and one fill never has more than
+                // one batch in the blocking pool.
                 if let Some(p) = pending.take() {
-                    verifier = Some(p.finish().await?);
+                    writer.finish(p).await?;
                 }
-                let v = verifier.take().expect("no batch in flight");
-                pending = Some(self.start(batch, v, spool.as_ref()));
+                pending = Some(self.start(&mut writer, batch));
             }
             if failed.is_some() {
                 break;
             }
         }
         if let Some(p) = pending.take() {
-            verifier = Some(p.finish().await?);
+            writer.finish(p).await?;
         }
-        let verifier = verifier.expect("no batch in flight");
         if let Some(e) = failed {
             return Err(Error::Upstream(e));
         }
-        let got = verifier.len();
-        if announced.is_some_and(|n| n != got) {
-            return Err(Error::Corrupt(format!("upstream sent {got} bytes of {} announced", announced.unwrap_or(0))));
-        }
-        let actual = verifier.finish();
-        if actual != self.fill.digest {
-            return Err(Error::Corrupt(format!("upstream body hashes to {actual}, not {}", self.fill.digest)));
-        }
-        let spool = spool.filter(|sp| !sp.failed.load(Ordering::Acquire));
-        let keep = spool.is_some();
+        let got = writer.verify(&self.fill.digest, announced).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let keep = writer.is_durable();
         self.state.send_modify(|s| {
             s.size = Some(got);
             s.available = got;
@@ -349,56 +271,29 @@ impl Job {
                 s.recent.clear();
             }
         });
-        Ok(spool)
+        Ok(writer)
     }
 
-    /// Starts the blocking jobs for one batch: hashing always; writing while
-    /// the spool works. Without a working spool the batch is published to
-    /// readers at once (the window is then the only copy).
-    fn start(&self, batch: Arc<Batch>, mut verifier: Verifier, spool: Option<&Spool>) -> InFlight {
-        let b = batch.clone();
-        let hash = tokio::task::spawn_blocking(move || {
-            for chunk in &b.chunks {
-                verifier.update(chunk);
-            }
-            verifier
-        });
-        let write = match spool {
-            Some(sp) if !sp.failed.load(Ordering::Acquire) => {
-                let (file, failed, state) = (sp.file.clone(), sp.failed.clone(), self.state.clone());
-                let digest = self.fill.digest.clone();
-                Some(tokio::task::spawn_blocking(move || {
-                    let written = batch.chunks.iter().try_for_each(|chunk| (&*file).write_all(chunk));
-                    let end = batch.end();
-                    match written {
-                        Ok(()) => state.send_modify(|s| {
-                            s.durable = end;
-                            s.push_recent(batch, WINDOW_BYTES);
-                        }),
-                        Err(e) => {
-                            tracing::warn!(%digest, error = %e, "spool write failed; passing the rest of the blob through uncached");
-                            failed.store(true, Ordering::Release);
-                            state.send_modify(|s| s.push_recent(batch, PASS_THROUGH_WINDOW));
-                        }
-                    }
-                }))
-            }
-            _ => {
-                self.state.send_modify(|s| s.push_recent(batch, PASS_THROUGH_WINDOW));
-                None
-            }
-        };
-        InFlight { hash, write }
-    }
-}
-
-impl InFlight {
-    /// Waits for both jobs; returns the verifier for the next batch.
-    async fn finish(self) -> Result<Verifier, Error> {
-        if let Some(w) = self.write {
-            w.await?;
+    /// Hands one batch to the writer and publishes it to readers: once it
+    /// is in the spool file, or at once when the writer only hashes (the
+    /// window is then the only copy).
+    fn start(&self, writer: &mut BlobWriter, batch: Arc<Batch>) -> Pending {
+        if !writer.is_durable() {
+            self.state.send_modify(|s| s.push_recent(batch.clone(), PASS_THROUGH_WINDOW));
+            return writer.start(batch, |_| {});
         }
-        Ok(self.hash.await?)
+        let (state, b) = (self.state.clone(), batch.clone());
+        writer.start(batch, move |ok| {
+            let end = b.end();
+            state.send_modify(|s| {
+                if ok {
+                    s.durable = end;
+                    s.push_recent(b, WINDOW_BYTES);
+                } else {
+                    s.push_recent(b, PASS_THROUGH_WINDOW);
+                }
+            });
+        })
     }
 }
 
@@ -494,6 +389,7 @@ impl Fill {
 mod tests {
     use super::*;
     use crate::config::{Backend, StorageConfig};
+    use bytes::Bytes;
     use futures::TryStreamExt;
     use std::time::Duration;
     use tokio::sync::mpsc;
@@ -523,18 +419,6 @@ mod tests {
             Ok(v)
         })
         .await
-    }
-
-    #[test]
-    fn batch_slices_stay_within_one_chunk_and_the_stop() {
-        let b = Batch { start: 100, chunks: vec![Bytes::from_static(b"abcd"), Bytes::from_static(b"efgh")] };
-        assert_eq!(b.slice(100, 1000).as_deref(), Some(&b"abcd"[..]));
-        assert_eq!(b.slice(102, 1000).as_deref(), Some(&b"cd"[..]));
-        assert_eq!(b.slice(104, 1000).as_deref(), Some(&b"efgh"[..]));
-        assert_eq!(b.slice(105, 107).as_deref(), Some(&b"fg"[..]));
-        assert_eq!(b.slice(105, 105), None);
-        assert_eq!(b.slice(99, 1000), None);
-        assert_eq!(b.slice(108, 1000), None);
     }
 
     #[tokio::test(flavor = "multi_thread")]

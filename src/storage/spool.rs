@@ -1,5 +1,18 @@
-//! Spool files: where bytes wait while they are hashed, before they become
-//! a blob (or are thrown away).
+//! The one way bytes become a blob: write, hash, verify, then commit or
+//! throw away. Upstream fills, push uploads and bundle imports all go
+//! through a [`BlobWriter`]; nothing else ever names a blob.
+//!
+//! A writer takes bytes in batches. Each batch becomes two short blocking
+//! jobs that run side by side (write to the spool file, hash), so a batch
+//! costs max(write, hash), and a writer never holds a thread while its
+//! source is slow. When the spool file cannot be created or written (a full
+//! disk), the writer keeps hashing: a fill can still verify what it passes
+//! through, and simply has nothing to commit. Dropping a writer that was
+//! not committed removes its file.
+//!
+//! # Spool files
+//! Spool files are where bytes wait while they are hashed, before they
+//! become a blob (or are thrown away).
 //!
 //! Each process spools into a directory of its own, claimed with a lock
 //! file that it holds for its whole life:
@@ -17,11 +30,207 @@
 //! holder dies, `kill -9` included, so no stale lock survives a crash.
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+
+use super::Store;
+use crate::oci::{Digest, Verifier};
+
+/// Bytes received together, starting at offset `start` of the blob. Shared
+/// (`Arc`) between the write job, the hash job and, for fills, readers
+/// that take their bytes straight from memory.
+#[derive(Debug)]
+pub struct Batch {
+    pub start: u64,
+    pub chunks: Vec<Bytes>,
+}
+
+impl Batch {
+    /// Offset just past this batch.
+    pub fn end(&self) -> u64 {
+        self.start + self.chunks.iter().map(|c| c.len() as u64).sum::<u64>()
+    }
+
+    /// The bytes at `pos..stop` that lie in one chunk of this batch, if
+    /// `pos` falls inside the batch (zero-copy: a slice of the chunk).
+    pub fn slice(&self, pos: u64, stop: u64) -> Option<Bytes> {
+        let mut at = self.start;
+        for c in &self.chunks {
+            let end = at + c.len() as u64;
+            if pos >= at && pos < end {
+                let to = end.min(stop);
+                return (to > pos).then(|| c.slice((pos - at) as usize..(to - at) as usize));
+            }
+            at = end;
+        }
+        None
+    }
+}
+
+/// Why bytes did not become the blob they were meant to be.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("{got} bytes received, {expected} expected")]
+    SizeMismatch { got: u64, expected: u64 },
+    #[error("the bytes hash to {actual}, not {expected}")]
+    DigestMismatch { actual: Digest, expected: Digest },
+    #[error("writing the spool file: {0}")]
+    Io(#[from] io::Error),
+    #[error("committing the blob: {0}")]
+    Commit(#[from] super::Error),
+}
+
+/// The spool file a writer writes, while writing works.
+struct Sink {
+    path: PathBuf,
+    file: Arc<File>,
+}
+
+/// Bytes on their way to becoming one blob (see the module doc).
+pub struct BlobWriter {
+    store: Arc<Store>,
+    /// What the bytes should hash to (for logs; `verify` checks it).
+    expected: Digest,
+    /// `None` when there is no spool file, or writing it failed: the
+    /// writer only hashes.
+    sink: Option<Sink>,
+    /// A path to remove on drop, even after the sink failed.
+    leftover: Option<PathBuf>,
+    /// Here whenever no batch is in flight; travels into each hash job.
+    verifier: Option<Verifier>,
+    /// The digest the bytes matched, once verified.
+    verified: Option<Digest>,
+}
+
+/// The blocking jobs of one batch, started by [`BlobWriter::start`].
+pub struct Pending {
+    hash: JoinHandle<Verifier>,
+    write: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl BlobWriter {
+    /// A writer for a blob expected to hash to `expected` (its algorithm is
+    /// used). A spool file that cannot be created is logged and the writer
+    /// only hashes ([`BlobWriter::is_durable`] tells).
+    pub fn new(store: &Arc<Store>, expected: &Digest) -> BlobWriter {
+        let (sink, leftover) = match store.create_spool() {
+            Ok((path, file)) => (Some(Sink { path: path.clone(), file: Arc::new(file) }), Some(path)),
+            Err(e) => {
+                tracing::warn!(digest = %expected, error = %e, "cannot create a spool file; the blob will not be kept");
+                (None, None)
+            }
+        };
+        BlobWriter {
+            store: store.clone(),
+            expected: expected.clone(),
+            sink,
+            leftover,
+            verifier: Some(Verifier::for_digest(expected)),
+            verified: None,
+        }
+    }
+
+    /// The spool file, for positional reads while it is written.
+    pub fn file(&self) -> Option<&Arc<File>> {
+        self.sink.as_ref().map(|s| &s.file)
+    }
+
+    /// Whether every byte so far is in the spool file.
+    pub fn is_durable(&self) -> bool {
+        self.sink.is_some()
+    }
+
+    /// Starts writing and hashing `batch`: two short blocking jobs side by
+    /// side. `written` runs on the writing thread right after the write,
+    /// with whether it succeeded (never called when there is no file).
+    /// Call [`BlobWriter::finish`] before starting the next batch.
+    pub fn start(&mut self, batch: Arc<Batch>, written: impl FnOnce(bool) + Send + 'static) -> Pending {
+        let mut verifier = self.verifier.take().expect("finish the previous batch first");
+        let b = batch.clone();
+        let hash = tokio::task::spawn_blocking(move || {
+            for chunk in &b.chunks {
+                verifier.update(chunk);
+            }
+            verifier
+        });
+        let write = self.sink.as_ref().map(|sink| {
+            let file = sink.file.clone();
+            tokio::task::spawn_blocking(move || {
+                let r = batch.chunks.iter().try_for_each(|chunk| (&*file).write_all(chunk));
+                written(r.is_ok());
+                r
+            })
+        });
+        Pending { hash, write }
+    }
+
+    /// Waits for one batch's jobs. A failed write is logged and turns the
+    /// writer hash-only; it is not an error here (callers that need the
+    /// blob kept see it in [`BlobWriter::is_durable`]).
+    pub async fn finish(&mut self, p: Pending) -> Result<(), tokio::task::JoinError> {
+        if let Some(w) = p.write {
+            if let Err(e) = w.await? {
+                tracing::warn!(digest = %self.expected, error = %e, "spool write failed; the blob will not be kept");
+                self.sink = None;
+            }
+        }
+        self.verifier = Some(p.hash.await?);
+        Ok(())
+    }
+
+    /// Bytes hashed so far (with no batch in flight).
+    pub fn len(&self) -> u64 {
+        self.verifier.as_ref().map_or(0, Verifier::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Checks everything written against `expected` (and the announced
+    /// size, if any). Call once, with no batch in flight.
+    pub fn verify(&mut self, expected: &Digest, size: Option<u64>) -> Result<u64, WriteError> {
+        let verifier = self.verifier.take().expect("no batch in flight");
+        let got = verifier.len();
+        if let Some(n) = size.filter(|&n| n != got) {
+            return Err(WriteError::SizeMismatch { got, expected: n });
+        }
+        let actual = verifier.finish();
+        if actual != *expected {
+            return Err(WriteError::DigestMismatch { actual, expected: expected.clone() });
+        }
+        self.verified = Some(actual);
+        Ok(got)
+    }
+
+    /// Makes the verified bytes the blob. Returns `false` (and keeps
+    /// nothing) when they are not all in the spool file.
+    pub async fn commit(mut self) -> Result<bool, WriteError> {
+        let digest = self.verified.clone().expect("verify before commit");
+        let Some(sink) = self.sink.take() else { return Ok(false) };
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.commit_spool_blocking(&digest, &sink.path, &sink.file))
+            .await
+            .map_err(io::Error::other)??;
+        Ok(true)
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        // Committed files were renamed away; anything else is thrown away.
+        if let Some(p) = self.leftover.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
 
 /// This process's claimed spool directory.
 #[derive(Debug)]
@@ -176,6 +385,18 @@ mod tests {
     }
 
     #[test]
+    fn batch_slices_stay_within_one_chunk_and_the_stop() {
+        let b = Batch { start: 100, chunks: vec![Bytes::from_static(b"abcd"), Bytes::from_static(b"efgh")] };
+        assert_eq!(b.slice(100, 1000).as_deref(), Some(&b"abcd"[..]));
+        assert_eq!(b.slice(102, 1000).as_deref(), Some(&b"cd"[..]));
+        assert_eq!(b.slice(104, 1000).as_deref(), Some(&b"efgh"[..]));
+        assert_eq!(b.slice(105, 107).as_deref(), Some(&b"fg"[..]));
+        assert_eq!(b.slice(105, 105), None);
+        assert_eq!(b.slice(99, 1000), None);
+        assert_eq!(b.slice(108, 1000), None);
+    }
+
+    #[test]
     fn spool_files_are_distinct() {
         let root = tempfile::tempdir().unwrap();
         let s = SpoolDir::claim(root.path()).unwrap();
@@ -183,5 +404,78 @@ mod tests {
         let (b, _) = s.create().unwrap();
         assert_ne!(a, b);
         assert!(a.starts_with(s.path()));
+    }
+
+    fn store() -> (Arc<Store>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::StorageConfig { path: dir.path().join("data"), ..Default::default() };
+        (Arc::new(Store::open(&cfg).unwrap()), dir)
+    }
+
+    async fn write_all(w: &mut BlobWriter, data: &[u8]) {
+        let mut at = 0u64;
+        for c in data.chunks(100_000) {
+            let batch = Arc::new(Batch { start: at, chunks: vec![Bytes::copy_from_slice(c)] });
+            at = batch.end();
+            let p = w.start(batch, |_| {});
+            w.finish(p).await.unwrap();
+        }
+    }
+
+    fn spool_entries(dir: &Path) -> usize {
+        let root = dir.join("data").join(super::super::paths::SPOOL_DIR);
+        std::fs::read_dir(&root)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| std::fs::read_dir(e.path()).unwrap().count())
+            .sum()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn verified_bytes_become_the_blob() {
+        let (store, dir) = store();
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 239) as u8).collect();
+        for alg in [crate::oci::Algorithm::Sha256, crate::oci::Algorithm::Sha512] {
+            let d = Digest::of_with(alg, &data);
+            let mut w = BlobWriter::new(&store, &d);
+            write_all(&mut w, &data).await;
+            assert_eq!(w.verify(&d, Some(data.len() as u64)).unwrap(), data.len() as u64);
+            assert!(w.commit().await.unwrap(), "committed");
+            let h = store.open_blob(&d).await.unwrap().expect("stored");
+            assert_eq!(h.size(), data.len() as u64);
+        }
+        assert_eq!(spool_entries(dir.path()), 0, "no spool file left");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn wrong_bytes_are_refused_and_leave_nothing() {
+        let (store, dir) = store();
+        let d = Digest::of(b"the real bytes");
+        let mut w = BlobWriter::new(&store, &d);
+        write_all(&mut w, b"the evil bytes").await;
+        assert!(matches!(w.verify(&d, None), Err(WriteError::DigestMismatch { .. })));
+        drop(w);
+        let mut w = BlobWriter::new(&store, &d);
+        write_all(&mut w, b"the real").await;
+        assert!(matches!(w.verify(&d, Some(14)), Err(WriteError::SizeMismatch { got: 8, expected: 14 })));
+        drop(w);
+        assert!(store.open_blob(&d).await.unwrap().is_none());
+        assert_eq!(spool_entries(dir.path()), 0, "thrown away on drop");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_full_disk_leaves_a_hash_only_writer() {
+        let (store, _dir) = store();
+        store.simulate_full_spool();
+        let data = vec![3u8; 300_000];
+        let d = Digest::of(&data);
+        let mut w = BlobWriter::new(&store, &d);
+        assert!(w.is_durable(), "the file opened");
+        write_all(&mut w, &data).await;
+        assert!(!w.is_durable(), "the first failed write turns it hash-only");
+        assert_eq!(w.verify(&d, None).unwrap(), 300_000, "still verified");
+        assert!(!w.commit().await.unwrap(), "nothing to keep");
+        assert!(store.open_blob(&d).await.unwrap().is_none());
     }
 }
