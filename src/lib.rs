@@ -59,7 +59,7 @@ impl Mirror {
     }
 
     pub fn router(&self) -> axum::Router {
-        http::router(self.proxy.clone())
+        http::router(http::AppState { proxy: self.proxy.clone(), registry: self.proxy.registry().clone() })
     }
 
     /// Serves on `listener` until `shutdown` completes, then lets requests

@@ -592,26 +592,28 @@ mod tests {
         let (store, _d) = store();
         let fills = Arc::new(Fills::with_limit(2));
         let mut senders = Vec::new();
-        let mut started = Vec::new();
+        let mut all = Vec::new();
         for i in 0..3u8 {
             let data = vec![i; 10];
             let d = Digest::of(&data);
             let (tx, body) = body(Some(10));
-            senders.push((tx, data));
-            started.push(fills.join_or_start(&d, &store, || async move { Ok(body) }));
+            senders.push(Some((tx, data)));
+            all.push(fills.join_or_start(&d, &store, || async move { Ok(body) }));
         }
-        let third = started[2].clone();
-        for f in &started[..2] {
-            tokio::time::timeout(Duration::from_secs(5), f.wait_started()).await.unwrap().unwrap();
+        let started = |f: &Arc<Fill>| f.state.borrow().started;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while all.iter().filter(|f| started(f)).count() < 2 {
+            assert!(std::time::Instant::now() < deadline, "two fills start at once");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(
-            tokio::time::timeout(Duration::from_millis(200), third.wait_started()).await.is_err(),
-            "the third fill waits for a permit"
-        );
-        let (tx0, data0) = senders.remove(0);
-        tx0.send(Ok(Bytes::from(data0))).await.unwrap();
-        drop(tx0);
-        tokio::time::timeout(Duration::from_secs(5), third.wait_started())
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let waiting: Vec<usize> = (0..3).filter(|&i| !started(&all[i])).collect();
+        assert_eq!(waiting.len(), 1, "the third fill waits for a permit");
+        let running = (0..3).find(|i| !waiting.contains(i)).unwrap();
+        let (tx, data) = senders[running].take().unwrap();
+        tx.send(Ok(Bytes::from(data))).await.unwrap();
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(5), all[waiting[0]].wait_started())
             .await
             .expect("a freed permit starts it")
             .unwrap();
