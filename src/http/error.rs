@@ -183,6 +183,7 @@ impl From<RouteError> for ApiError {
             RouteError::DigestInvalid(d) => {
                 ApiError::new(ErrorCode::DigestInvalid, "invalid digest").detail(d.to_string())
             }
+            RouteError::UploadUnknown(id) => ApiError::new(ErrorCode::BlobUploadUnknown, "upload unknown").detail(id),
         }
     }
 }
@@ -224,6 +225,7 @@ mod tests {
         let d = "sha256:x".parse::<crate::oci::Digest>().unwrap_err();
         assert_eq!(status_code(RouteError::DigestInvalid(d).into()), (400, "DIGEST_INVALID"));
         assert_eq!(status_code(RouteError::NotFound.into()), (404, "NAME_UNKNOWN"));
+        assert_eq!(status_code(RouteError::UploadUnknown("..".into()).into()), (404, "BLOB_UPLOAD_UNKNOWN"));
     }
 
     #[test]

@@ -20,12 +20,42 @@ pub enum V2Route {
     Manifest { name: RepoName, reference: Reference },
     /// `/v2/<name>/blobs/<digest>`
     Blob { name: RepoName, digest: Digest },
-    /// `/v2/<name>/blobs/uploads/...`: the push API.
-    Upload { name: RepoName },
+    /// `/v2/<name>/blobs/uploads/` (`id: None`: start an upload) and
+    /// `/v2/<name>/blobs/uploads/<id>` (one upload session).
+    Upload { name: RepoName, id: Option<UploadId> },
     /// `/v2/<name>/tags/list`
     TagsList { name: RepoName },
     /// `/v2/<name>/referrers/<digest>`
     Referrers { name: RepoName, digest: Digest },
+}
+
+/// An upload session id as it appears in a path. Ids are ours and opaque
+/// to clients; this only guarantees a shape that is safe everywhere (a
+/// path segment, a storage key, a header): 1–64 of `[A-Za-z0-9_-]`. That a
+/// well-formed id names a live session of that repository is checked by
+/// the upload store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UploadId(String);
+
+impl UploadId {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn parse(s: &str) -> Option<UploadId> {
+        let ok = !s.is_empty()
+            && s.len() <= Self::MAX_LEN
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        ok.then(|| UploadId(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for UploadId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +69,9 @@ pub enum RouteError {
     ReferenceInvalid(String),
     #[error(transparent)]
     DigestInvalid(#[from] DigestError),
+    /// An upload id that cannot be one of ours: no such session.
+    #[error("unknown upload {0:?}")]
+    UploadUnknown(String),
 }
 
 impl From<NameError> for RouteError {
@@ -90,7 +123,7 @@ pub fn parse(path: &str) -> Result<V2Route, RouteError> {
             let name = name(head)?;
             Ok(V2Route::Manifest { name, reference: segment(r).parse()? })
         }
-        ("blobs", "uploads") => Ok(V2Route::Upload { name: name(head)? }),
+        ("blobs", "uploads") => Ok(V2Route::Upload { name: name(head)?, id: None }),
         ("blobs", d) => {
             let name = name(head)?;
             Ok(V2Route::Blob { name, digest: segment(d).parse()? })
@@ -100,8 +133,15 @@ pub fn parse(path: &str) -> Result<V2Route, RouteError> {
             Ok(V2Route::Referrers { name, digest: segment(d).parse()? })
         }
         // `/v2/<name>/blobs/uploads/<uuid>` and `/v2/<name>/blobs/uploads/`.
-        ("uploads", _) if head.ends_with("/blobs") => {
-            Ok(V2Route::Upload { name: name(&head[..head.len() - "/blobs".len()])? })
+        ("uploads", id) if head.ends_with("/blobs") => {
+            let name = name(&head[..head.len() - "/blobs".len()])?;
+            let id = match id {
+                "" => None,
+                id => {
+                    Some(UploadId::parse(id).ok_or_else(|| RouteError::UploadUnknown(id.chars().take(80).collect()))?)
+                }
+            };
+            Ok(V2Route::Upload { name, id })
         }
         _ => {
             // Validate the name anyway, so traversal attempts get NAME_INVALID.
@@ -141,8 +181,18 @@ mod tests {
             Ok(V2Route::Manifest { reference: Reference::Digest(_), .. })
         ));
         assert!(matches!(parse("/v2/library/busybox/tags/list"), Ok(V2Route::TagsList { .. })));
-        assert!(matches!(parse("/v2/a/blobs/uploads/"), Ok(V2Route::Upload { .. })));
-        assert!(matches!(parse("/v2/a/b/blobs/uploads/123-abc"), Ok(V2Route::Upload { .. })));
+        assert!(matches!(parse("/v2/a/blobs/uploads/"), Ok(V2Route::Upload { id: None, .. })));
+        assert!(matches!(parse("/v2/a/blobs/uploads"), Ok(V2Route::Upload { id: None, .. })));
+        match parse("/v2/a/b/blobs/uploads/123-abc_X").unwrap() {
+            V2Route::Upload { name, id } => {
+                assert_eq!(name.as_str(), "a/b");
+                assert_eq!(id.unwrap().as_str(), "123-abc_X");
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in ["..", "a.b", "a%2fb", &"x".repeat(65)] {
+            assert!(matches!(parse(&format!("/v2/a/blobs/uploads/{bad}")), Err(RouteError::UploadUnknown(_))), "{bad}");
+        }
         assert!(matches!(parse(&format!("/v2/a/referrers/{D}")), Ok(V2Route::Referrers { .. })));
     }
 
