@@ -7,8 +7,10 @@
 //!
 //! Every response carries `X-Request-Id` ([`request_id`]); error answers
 //! carry fixed text only, with the internal cause in the log under that id
-//! ([`error`]).
+//! ([`error`]). Every request is authorized ([`auth`]) before it is
+//! dispatched.
 
+pub mod auth;
 pub mod error;
 pub mod range;
 pub mod rejection;
@@ -25,6 +27,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode}
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
+use self::auth::{Access, Authenticator};
 use self::error::{ApiError, Subject};
 use crate::oci::route::{self, V2Route};
 use crate::oci::{Digest, ErrorCode, Reference, RepoKey, RepoName};
@@ -35,19 +38,37 @@ const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api
 const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
-pub fn router(proxy: Arc<Proxy>) -> Router {
-    Router::new().fallback(handle).with_state(proxy)
+/// What every request is served with.
+#[derive(Clone)]
+pub struct AppState {
+    pub proxy: Arc<Proxy>,
+    pub auth: Arc<Authenticator>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new().fallback(handle).with_state(state)
 }
 
 /// Every response, answer or error, leaves through here: this is where it
 /// gets its `X-Request-Id` and where a failure is logged, once, under that
 /// id (the client sees only the fixed text of [`ApiError`]).
-async fn handle(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
+async fn handle(State(app): State<AppState>, req: Request) -> Response {
     // Only GET and HEAD are served, so the body is never read; the parts
     // (unlike the body) can be borrowed across awaits.
-    let (req, _) = req.into_parts();
+    let (mut req, _) = req.into_parts();
     let id = request_id::for_request(&req.headers);
-    let mut resp = match dispatch(&proxy, &req).await {
+    // Nothing is parsed or routed for a request that may not be made. The
+    // verified user, if any, travels in the request's extensions.
+    let answer = match app.auth.authorize(&req.headers, Access::of(&req.method)).await {
+        Ok(user) => {
+            if let Some(user) = user {
+                req.extensions.insert(user);
+            }
+            dispatch(&app.proxy, &req).await
+        }
+        Err(e) => Err(e),
+    };
+    let mut resp = match answer {
         Ok(r) => r,
         Err(e) => {
             let id_text = id.to_str().unwrap_or_default();
