@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use common::{assert_error, bytes, write_htpasswd, Env, Options};
 
@@ -48,6 +48,7 @@ async fn assert_challenged(resp: reqwest::Response, what: &str) {
 
 #[tokio::test]
 async fn without_auth_every_write_is_refused_and_pulls_are_anonymous() {
+    logs();
     let env = Env::start().await;
     env.upstream.add_image("pause", "3.9", bytes(100, 1));
     for (m, path) in WRITES {
@@ -64,6 +65,7 @@ async fn without_auth_every_write_is_refused_and_pulls_are_anonymous() {
 
 #[tokio::test]
 async fn with_auth_writes_need_a_valid_user_and_pulls_stay_anonymous() {
+    logs();
     let dir = tempfile::tempdir().unwrap();
     let env = with_alice(&dir, None).await;
     env.upstream.add_image("pause", "3.9", bytes(100, 2));
@@ -105,6 +107,7 @@ async fn with_auth_writes_need_a_valid_user_and_pulls_stay_anonymous() {
 
 #[tokio::test]
 async fn without_anonymous_pull_pulls_need_a_valid_user() {
+    logs();
     let dir = tempfile::tempdir().unwrap();
     let env = with_alice(&dir, Some(false)).await;
     let (md, layer) = env.upstream.add_image("pause", "3.9", bytes(1000, 3));
@@ -128,6 +131,7 @@ async fn without_anonymous_pull_pulls_need_a_valid_user() {
 /// once, not once per request.
 #[tokio::test]
 async fn fifty_authenticated_requests_cost_one_bcrypt_round() {
+    logs();
     let dir = tempfile::tempdir().unwrap();
     let env = with_alice(&dir, Some(false)).await;
     let auth = env.mirror.authenticator().clone();
@@ -161,8 +165,10 @@ async fn fifty_authenticated_requests_cost_one_bcrypt_round() {
     assert_eq!(auth.bcrypt_verifications(), 6, "still remembered");
 }
 
-/// Log output captured from this test's thread (the mirror runs on it too:
-/// current-thread runtime).
+/// Everything this test binary logs, at every level: the subscriber is
+/// process-wide (a thread-scoped one can miss events whose callsites other
+/// tests' threads register concurrently), so every test installs it first
+/// and the log check covers all of them.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
 
@@ -176,16 +182,23 @@ impl std::io::Write for Captured {
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
+fn logs() -> &'static Captured {
+    static LOGS: OnceLock<Captured> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .init();
+        logs
+    })
+}
+
+#[tokio::test]
 async fn credentials_are_never_logged() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = logs();
     let dir = tempfile::tempdir().unwrap();
     let env = with_alice(&dir, Some(false)).await;
     for creds in [("alice", "s3cret"), ("alice", "Wr0ngPassw0rd"), ("mallory", "Wr0ngPassw0rd")] {
@@ -194,7 +207,7 @@ async fn credentials_are_never_logged() {
     }
     let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();
     assert!(text.contains("request refused"), "the refusals are logged: {text}");
-    for secret in ["s3cret", "Wr0ngPassw0rd", "YWxpY2U6czNjcmV0", "$2y$04$"] {
+    for secret in ["s3cret", "hunter2", "Wr0ngPassw0rd", "YWxpY2U6czNjcmV0", "$2y$04$"] {
         assert!(!text.contains(secret), "{secret:?} in the log:\n{text}");
     }
 }

@@ -146,12 +146,13 @@ async fn a_handshake_that_never_completes_is_cut_after_the_header_read_timeout()
 }
 
 /// After the handshake, the header and idle timers see the decrypted
-/// stream: half a request is cut at the header deadline, an idle
-/// keep-alive connection at the idle timeout.
+/// stream: half a request is cut at the header deadline (counted from the
+/// accept, handshake included), an idle keep-alive connection at the idle
+/// timeout.
 #[tokio::test]
 async fn header_and_idle_timeouts_apply_inside_tls() {
     let pki = pki();
-    let env = start(&pki, Some("header_read_timeout = \"1s\"\nidle_timeout = \"2s\"")).await;
+    let env = start(&pki, Some("header_read_timeout = \"1s\"\nidle_timeout = \"4s\"")).await;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls::pki_types::CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
@@ -173,9 +174,10 @@ async fn header_and_idle_timeouts_apply_inside_tls() {
     s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     s.flush().await.unwrap();
     let after = closed_at(&mut s).await.duration_since(start);
-    assert!(after >= Duration::from_millis(900) && after < Duration::from_secs(2), "half a header: {after:?}");
+    assert!(after >= Duration::from_millis(900), "half a header: {after:?}");
+    assert!(after < Duration::from_millis(2900), "cut by the header timeout, not the idle one: {after:?}");
 
-    // A whole request is answered; then idle for 2s, and closed.
+    // A whole request is answered; then idle for 4s, and closed.
     let mut s = connector.connect(name, TcpStream::connect(&a).await.unwrap()).await.unwrap();
     s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     s.flush().await.unwrap();
@@ -184,5 +186,5 @@ async fn header_and_idle_timeouts_apply_inside_tls() {
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&buf[..n]));
     let answered = Instant::now();
     let after = closed_at(&mut s).await.duration_since(answered);
-    assert!(after >= Duration::from_millis(1800) && after < Duration::from_secs(4), "idle: {after:?}");
+    assert!(after >= Duration::from_millis(3500) && after < Duration::from_secs(7), "idle: {after:?}");
 }
