@@ -28,6 +28,12 @@ pub struct Config {
     pub routing: RoutingConfig,
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Without `[auth]` every write is refused and pulls are anonymous.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// With `[tls]` the listener serves HTTPS only.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -208,6 +214,42 @@ impl Default for CacheConfig {
     }
 }
 
+/// `[auth]`: who may push, and whether pulling needs a user too.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// bcrypt entries as `htpasswd -B` writes them. Optional for serde only,
+    /// so that leaving it out is reported under its own key.
+    #[serde(default)]
+    pub htpasswd: Option<PathBuf>,
+    /// GET and HEAD need no credentials; writes always do.
+    #[serde(default = "default_anonymous_pull")]
+    pub anonymous_pull: bool,
+    /// The users, read from `htpasswd` by [`Config::from_toml`] (the file
+    /// is not re-read while running).
+    #[serde(skip)]
+    pub users: Vec<crate::htpasswd::Entry>,
+}
+
+fn default_anonymous_pull() -> bool {
+    true
+}
+
+/// `[tls]`: serve HTTPS with this certificate chain and key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Both are required; optional for serde only, so that a missing one is
+    /// reported under its own key.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// The loaded pair, set by [`Config::from_toml`].
+    #[serde(skip)]
+    pub server: Option<crate::tls::ServerTls>,
+}
+
 /// A configuration problem, phrased for the one line printed at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -291,6 +333,18 @@ impl Config {
                 }
             }
         }
+        if let Some(auth) = &mut self.auth {
+            let path = auth.htpasswd.as_ref().ok_or_else(|| invalid("auth.htpasswd", "required in [auth]"))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid("auth.htpasswd", format!("cannot read {}: {e}", path.display())))?;
+            auth.users = crate::htpasswd::parse(&text)
+                .map_err(|e| invalid("auth.htpasswd", format!("{} {e}", path.display())))?;
+        }
+        if let Some(tls) = &mut self.tls {
+            let cert = tls.cert.as_ref().ok_or_else(|| invalid("tls.cert", "required in [tls]"))?;
+            let key = tls.key.as_ref().ok_or_else(|| invalid("tls.key", "required in [tls]"))?;
+            tls.server = Some(crate::tls::ServerTls::load(cert, key).map_err(|e| invalid(e.key(), e.to_string()))?);
+        }
         if self.cache.tag_ttl.is_zero() && self.cache.offline {
             // Harmless, but almost certainly not what was meant.
             tracing::warn!("cache.tag_ttl = 0 has no effect with cache.offline = true");
@@ -354,6 +408,25 @@ aliases = ["k8s.gcr.io"]
         assert_eq!(cfg.server.header_read_timeout, Duration::from_secs(10));
         assert_eq!(cfg.server.idle_timeout, Duration::from_secs(60));
         assert_eq!(cfg.server.max_connections, 4096);
+        assert!(cfg.auth.is_none() && cfg.tls.is_none(), "shipped with [auth] and [tls] commented out");
+    }
+
+    /// The shipped file with the commented-out lines that start with one
+    /// of `keys` enabled, as an operator would.
+    fn shipped_with(keys: &[&str]) -> String {
+        let enabled = |l: &'static str| match l.strip_prefix("# ") {
+            Some(rest) if keys.iter().any(|k| rest.starts_with(k)) => rest,
+            _ => l,
+        };
+        include_str!("../config.toml").lines().map(enabled).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn the_shipped_auth_and_tls_examples_are_complete() {
+        let e = err(&shipped_with(&["[auth]", "htpasswd", "anonymous_pull"]));
+        assert!(e.contains("auth.htpasswd") && e.contains("/etc/klts-mirror/htpasswd"), "{e}");
+        let e = err(&shipped_with(&["[tls]", "cert", "key"]));
+        assert!(e.contains("tls.cert") && e.contains("/etc/klts-mirror/tls.crt"), "{e}");
     }
 
     #[test]
@@ -404,6 +477,68 @@ aliases = ["k8s.gcr.io"]
         assert!(e.contains("more than once"), "{e}");
         let e = err(&format!("{MIN}\n[upstreams.\"ghcr.io\"]\nurl = \"https://ghcr.io\"\nusername = \"u\"\npassword_env = \"KLTS_TEST_UNSET_VAR\"\n"));
         assert!(e.contains("password_env") && e.contains("KLTS_TEST_UNSET_VAR"), "{e}");
+    }
+
+    fn htpasswd_file(dir: &std::path::Path, text: &str) -> PathBuf {
+        let p = dir.join("htpasswd");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn alice() -> String {
+        format!("alice:{}", bcrypt::hash_with_salt("pw", 4, [1; 16]).unwrap().format_for_version(bcrypt::Version::TwoY))
+    }
+
+    #[test]
+    fn auth_loads_the_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = htpasswd_file(dir.path(), &alice());
+        let cfg = Config::from_toml(&format!("{MIN}\n[auth]\nhtpasswd = \"{}\"\n", p.display())).unwrap();
+        let auth = cfg.auth.unwrap();
+        assert!(auth.anonymous_pull, "anonymous pulls by default");
+        assert_eq!(auth.users.len(), 1);
+        assert_eq!(auth.users[0].user, "alice");
+        let cfg =
+            Config::from_toml(&format!("{MIN}\n[auth]\nhtpasswd = \"{}\"\nanonymous_pull = false\n", p.display()))
+                .unwrap();
+        assert!(!cfg.auth.unwrap().anonymous_pull);
+    }
+
+    #[test]
+    fn auth_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let e = err(&format!("{MIN}\n[auth]\nhtpasswd = \"{}\"\n", missing.display()));
+        assert!(e.contains("auth.htpasswd") && e.contains("nope"), "{e}");
+        let p = htpasswd_file(dir.path(), &format!("{}\nbob:$apr1$xyz$abc\n", alice()));
+        let e = err(&format!("{MIN}\n[auth]\nhtpasswd = \"{}\"\n", p.display()));
+        assert!(e.contains("auth.htpasswd") && e.contains("line 2") && e.contains("bcrypt"), "{e}");
+        assert!(!e.contains("$apr1$xyz$abc"), "the hash is not echoed: {e}");
+        let e = err(&format!("{MIN}\n[auth]\nanonymous_pull = false\n"));
+        assert!(e.contains("auth.htpasswd"), "{e}");
+        let e = err(&format!("{MIN}\n[auth]\nhtpasswd = \"{}\"\nanonymous_pulls = true\n", p.display()));
+        assert!(e.contains("anonymous_pulls"), "{e}");
+    }
+
+    #[test]
+    fn tls_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert, c.cert.pem()).unwrap();
+        std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+        let ok = format!("{MIN}\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display());
+        let cfg = Config::from_toml(&ok).unwrap();
+        assert!(cfg.tls.unwrap().server.is_some());
+        let e = err(&format!("{MIN}\n[tls]\ncert = \"{}\"\n", cert.display()));
+        assert!(e.contains("tls.key") && e.contains("required"), "{e}");
+        let e = err(&format!("{MIN}\n[tls]\nkey = \"{}\"\n", key.display()));
+        assert!(e.contains("tls.cert") && e.contains("required"), "{e}");
+        let e =
+            err(&format!("{MIN}\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n", dir.path().join("x").display(), key.display()));
+        assert!(e.contains("tls.cert"), "{e}");
+        let e = err(&format!("{MIN}\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), cert.display()));
+        assert!(e.contains("tls.key"), "{e}");
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! # Layout
 //! - [`oci`]: protocol vocabulary (digests, names, routes, error codes); no I/O.
 //! - [`config`]: `config.toml` types, defaults and validation.
-//! - [`flight`]: keyed single-flight, used by the proxy (manifests, tags)
-//!   and the upstream client (tokens).
+//! - [`flight`]: keyed single-flight, used by the proxy (manifests, tags),
+//!   the upstream client (tokens) and the authenticator (verifications).
+//! - [`htpasswd`]: the users file of `[auth]`; parsing only.
+//! - [`tls`]: `[tls]`'s certificate and key as a rustls configuration.
 //! - [`storage`]: the content store on `object_store`; [`storage::paths`] is
 //!   the one key mapper.
 //! - [`upstream`]: the registry client (tokens, redirects, timeouts).
@@ -12,17 +14,21 @@
 //!   with memory indices; knows nothing of upstreams.
 //! - [`proxy`]: pull-through policy over the registry, single-flight and
 //!   streaming fills; the only module that talks to upstreams.
-//! - [`http`]: the axum edge; the only module that speaks HTTP to clients.
-//! - [`server`]: the listener: connection cap, header and idle timeouts.
+//! - [`http`]: the axum edge; the only module that speaks HTTP to clients,
+//!   and where requests are authorized ([`http::auth`]).
+//! - [`server`]: the listener: connection cap, header and idle timeouts,
+//!   TLS handshakes.
 
 pub mod config;
 pub mod flight;
+pub mod htpasswd;
 pub mod http;
 pub mod oci;
 pub mod proxy;
 pub mod registry;
 pub mod server;
 pub mod storage;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;
@@ -43,7 +49,9 @@ pub enum StartError {
 #[derive(Clone)]
 pub struct Mirror {
     proxy: Arc<proxy::Proxy>,
+    auth: Arc<http::auth::Authenticator>,
     server: config::ServerConfig,
+    tls: Option<tls::ServerTls>,
 }
 
 impl Mirror {
@@ -51,24 +59,35 @@ impl Mirror {
         let store = Arc::new(storage::Store::open(&cfg.storage)?);
         let registry = Arc::new(registry::Registry::new(store, cfg.storage.manifest_memory_bytes));
         let proxy = proxy::Proxy::new(cfg, registry).map_err(|e| StartError::Upstream(e.to_string()))?;
-        Ok(Mirror { proxy: Arc::new(proxy), server: cfg.server.clone() })
+        let auth = http::auth::Authenticator::from_config(cfg.auth.as_ref());
+        let tls = cfg.tls.as_ref().and_then(|t| t.server.clone());
+        Ok(Mirror { proxy: Arc::new(proxy), auth: Arc::new(auth), server: cfg.server.clone(), tls })
     }
 
     pub fn proxy(&self) -> &Arc<proxy::Proxy> {
         &self.proxy
     }
 
-    pub fn router(&self) -> axum::Router {
-        http::router(http::AppState { proxy: self.proxy.clone(), registry: self.proxy.registry().clone() })
+    pub fn authenticator(&self) -> &Arc<http::auth::Authenticator> {
+        &self.auth
     }
 
-    /// Serves on `listener` until `shutdown` completes, then lets requests
-    /// in progress finish. Bind with [`server::bind`] for a deep backlog.
+    pub fn router(&self) -> axum::Router {
+        http::router(http::AppState {
+            proxy: self.proxy.clone(),
+            registry: self.proxy.registry().clone(),
+            auth: self.auth.clone(),
+        })
+    }
+
+    /// Serves on `listener` (HTTPS only, with `[tls]`) until `shutdown`
+    /// completes, then lets requests in progress finish. Bind with
+    /// [`server::bind`] for a deep backlog.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        server::serve(listener, self.router(), self.server.clone(), shutdown).await
+        server::serve(listener, self.router(), self.server.clone(), self.tls.clone(), shutdown).await
     }
 }

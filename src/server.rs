@@ -22,6 +22,14 @@
 //!   oversized headers) get the spec JSON body: see `http::rejection`.
 //! - **Accept errors** (EMFILE, ENFILE, ENOBUFS…) are logged, rate-limited,
 //!   and the loop pauses briefly rather than spinning.
+//! - **TLS** (`[tls]`): the handshake runs in the connection's task, never
+//!   in the accept loop (one slow client must not hold up the others), and
+//!   counts against the first request's header deadline, so a client that
+//!   opens a connection and never finishes its handshake is cut like a
+//!   slowloris one. The socket wrapper then sits on the decrypted stream, so
+//!   the timers and the rejection rewrite see requests and responses, not
+//!   records. The wrapper is generic over the stream: plain connections
+//!   pay nothing for TLS being possible.
 //!
 //! hyper's own `header_read_timeout` is not used: it also runs while a
 //! keep-alive connection is idle, which would make `idle_timeout` moot. The
@@ -47,6 +55,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::ServerConfig;
+use crate::tls::ServerTls;
 
 /// Listen backlog requested from the kernel (it caps this at
 /// `net.core.somaxconn`, 4096 on current kernels). Bursts of hundreds of
@@ -110,12 +119,14 @@ pub fn connection_budget(configured: usize, fd_limit: u64) -> usize {
     (configured as u64).min(budget).max(1) as usize
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then lets the
-/// connections in progress finish their requests and returns.
+/// Serves `app` on `listener` (HTTPS only when `tls` is set) until
+/// `shutdown` completes, then lets the connections in progress finish their
+/// requests and returns.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     cfg: ServerConfig,
+    tls: Option<ServerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let fd_limit = raise_fd_limit();
@@ -134,6 +145,7 @@ pub async fn serve(
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().max_buf_size(MAX_BUF).header_read_timeout(None).keep_alive(true);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let acceptor = tls.map(|t| t.acceptor());
     let mut errors = AcceptErrors::default();
     tokio::pin!(shutdown);
     loop {
@@ -159,8 +171,9 @@ pub async fn serve(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
         let conn = Conn { app: app.clone(), builder: builder.clone(), limits: limits.clone(), stop: stop_rx.clone() };
+        let tls = acceptor.clone();
         tokio::spawn(async move {
-            conn.run(tcp, peer).await;
+            conn.run(tcp, peer, tls).await;
             drop(slot);
         });
     }
@@ -248,14 +261,42 @@ struct Conn {
 }
 
 impl Conn {
-    async fn run(mut self, tcp: TcpStream, peer: SocketAddr) {
+    async fn run(mut self, tcp: TcpStream, peer: SocketAddr, tls: Option<tokio_rustls::TlsAcceptor>) {
+        let accepted = self.limits.now_ms();
+        let Some(acceptor) = tls else {
+            return self.serve(tcp, peer, accepted).await;
+        };
+        let deadline = tokio::time::Instant::now() + self.limits.header_read;
+        let stream = tokio::select! {
+            r = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => match r {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, reason = ?Expiry::HeaderTimeout, "closing connection during TLS handshake");
+                    return;
+                }
+            },
+            _ = self.stop.changed() => return,
+        };
+        self.serve(stream, peer, accepted).await
+    }
+
+    /// Serves HTTP on `stream` (a socket, or the TLS session over one)
+    /// until the client or a timer ends it. `accepted` starts the first
+    /// request's header clock.
+    async fn serve<S>(mut self, stream: S, peer: SocketAddr, accepted: u64)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let activity = Arc::new(Activity::default());
-        let now = self.limits.now_ms();
-        activity.last_io.store(now, Ordering::Relaxed);
+        activity.last_io.store(accepted, Ordering::Relaxed);
         // The first request's header clock starts at the accept.
-        activity.pending_since.store(now, Ordering::Relaxed);
+        activity.pending_since.store(accepted, Ordering::Relaxed);
         let io = TokioIo::new(Tracked {
-            inner: tcp,
+            inner: stream,
             activity: activity.clone(),
             limits: self.limits.clone(),
             rewrite: None,
@@ -363,9 +404,10 @@ impl http_body::Body for Guarded {
     }
 }
 
-/// The client socket, noting every byte that moves in [`Activity`].
-struct Tracked {
-    inner: TcpStream,
+/// The client stream (a socket, or the decrypted side of a TLS session),
+/// noting every byte that moves in [`Activity`].
+struct Tracked<S> {
+    inner: S,
     activity: Arc<Activity>,
     limits: Arc<Limits>,
     /// hyper's own rejection of a malformed request, being replaced by a
@@ -380,7 +422,7 @@ struct Rewrite {
     replaces: usize,
 }
 
-impl Tracked {
+impl<S: AsyncWrite + Unpin> Tracked<S> {
     /// Writes `head` through the rejection rewrite when it is hyper's own
     /// answer to a malformed request; `None` for every other write.
     fn poll_rewrite(&mut self, cx: &mut Context<'_>, head: &[u8]) -> Option<Poll<io::Result<usize>>> {
@@ -427,7 +469,7 @@ impl Tracked {
     }
 }
 
-impl AsyncRead for Tracked {
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
@@ -444,7 +486,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if let Some(r) = self.poll_rewrite(cx, buf) {
             return r;

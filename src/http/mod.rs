@@ -7,8 +7,10 @@
 //!
 //! Every response carries `X-Request-Id` ([`request_id`]); error answers
 //! carry fixed text only, with the internal cause in the log under that id
-//! ([`error`]).
+//! ([`error`]). Every request is authorized ([`auth`]) before it is
+//! dispatched.
 
+pub mod auth;
 pub mod blobs;
 pub mod error;
 pub mod headers;
@@ -28,6 +30,7 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
+use self::auth::{Access, Authenticator};
 use self::error::{ApiError, Subject};
 use self::headers::API_VERSION;
 use crate::oci::route::{self, V2Route};
@@ -35,11 +38,12 @@ use crate::oci::RepoName;
 use crate::proxy::Proxy;
 use crate::registry::Registry;
 
-/// What every handler may use.
+/// What every request is served with.
 #[derive(Clone)]
 pub struct AppState {
     pub proxy: Arc<Proxy>,
     pub registry: Arc<Registry>,
+    pub auth: Arc<Authenticator>,
 }
 
 pub fn router(app: AppState) -> Router {
@@ -52,9 +56,20 @@ pub fn router(app: AppState) -> Router {
 async fn handle(State(app): State<AppState>, req: Request) -> Response {
     // Only GET and HEAD are served, so the body is never read; the parts
     // (unlike the body) can be borrowed across awaits.
-    let (req, _) = req.into_parts();
+    let (mut req, _) = req.into_parts();
     let id = request_id::for_request(&req.headers);
-    let mut resp = match dispatch(&app, &req).await {
+    // Nothing is parsed or routed for a request that may not be made. The
+    // verified user, if any, travels in the request's extensions.
+    let answer = match app.auth.authorize(&req.headers, Access::of(&req.method)).await {
+        Ok(user) => {
+            if let Some(user) = user {
+                req.extensions.insert(user);
+            }
+            dispatch(&app, &req).await
+        }
+        Err(e) => Err(e),
+    };
+    let mut resp = match answer {
         Ok(r) => r,
         Err(e) => {
             let id_text = id.to_str().unwrap_or_default();

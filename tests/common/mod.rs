@@ -39,6 +39,14 @@ pub struct Options {
     pub upstream_url: Option<String>,
     /// The body of a `[server]` table (connection limits and timeouts).
     pub server: Option<&'static str>,
+    /// `auth.htpasswd`: with it the mirror has an `[auth]` table (see
+    /// [`write_htpasswd`]); without it, no users and no writes.
+    pub htpasswd: Option<PathBuf>,
+    /// `auth.anonymous_pull`; `None` leaves the key out (its default).
+    pub anonymous_pull: Option<bool>,
+    /// `(tls.cert, tls.key)`: the mirror serves HTTPS only and `Env::url`
+    /// is an `https://` URL (`Env::client` does not trust it: bring one).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for Options {
@@ -52,12 +60,15 @@ impl Default for Options {
             credentials: None,
             upstream_url: None,
             server: None,
+            htpasswd: None,
+            anonymous_pull: None,
+            tls: None,
         }
     }
 }
 
 pub fn config_text(upstream: &str, data: &std::path::Path, o: &Options) -> String {
-    format!(
+    let mut text = format!(
         r#"
 listen = "127.0.0.1:0"
 [server]
@@ -91,7 +102,28 @@ offline = {offline}
         offline = o.offline,
         creds =
             o.credentials.map(|(u, env)| format!("username = \"{u}\"\npassword_env = \"{env}\"")).unwrap_or_default(),
-    )
+    );
+    if let Some(p) = &o.htpasswd {
+        text += &format!("[auth]\nhtpasswd = \"{}\"\n", p.display());
+        if let Some(a) = o.anonymous_pull {
+            text += &format!("anonymous_pull = {a}\n");
+        }
+    }
+    if let Some((cert, key)) = &o.tls {
+        text += &format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display());
+    }
+    text
+}
+
+/// Writes an htpasswd file of `$2y$` bcrypt entries, as `htpasswd -B`
+/// does, at the lowest cost (4: tests need the format, not the strength),
+/// and returns its path.
+pub fn write_htpasswd(path: &std::path::Path, users: &[(&str, &str)]) -> PathBuf {
+    let entry =
+        |p: &str| bcrypt::hash_with_result(p, 4).expect("bcrypt hash").format_for_version(bcrypt::Version::TwoY);
+    let lines: Vec<String> = users.iter().map(|(u, p)| format!("{u}:{}", entry(p))).collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+    path.to_path_buf()
 }
 
 impl Env {
@@ -112,7 +144,8 @@ impl Env {
         let cfg = Config::from_toml(&config_text(&upstream_url, &data, &o)).unwrap();
         let mirror = Mirror::new(&cfg).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if o.tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let m = mirror.clone();
         tokio::spawn(async move {
