@@ -11,6 +11,11 @@ use super::headers::{content_headers, insert_text};
 use super::{range, AppState};
 use crate::oci::{Digest, ErrorCode, RepoKey};
 
+/// DELETE of a blob (only where nothing published or pinned needs it).
+pub async fn delete(_app: &AppState, _key: &RepoKey, _digest: &Digest) -> Result<Response, ApiError> {
+    Err(ApiError::unsupported("deleting blobs"))
+}
+
 /// GET or HEAD of a blob.
 pub async fn get(app: &AppState, key: &RepoKey, digest: &Digest, req: &Parts) -> Result<Response, ApiError> {
     let head = req.method == axum::http::Method::HEAD;

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use crate::oci::route::RouteError;
 use crate::oci::ErrorCode;
 use crate::proxy;
+use crate::registry;
 use crate::upstream;
 
 /// Longest `detail` sent back: enough to recognise one's own input, not
@@ -146,6 +147,43 @@ impl ApiError {
             e @ (P::Storage(_) | P::Internal(_)) => {
                 ApiError::new(subject.unknown(), "internal error").status(StatusCode::INTERNAL_SERVER_ERROR).cause(e)
             }
+        }
+    }
+
+    /// Translates a registry error (publishing, deleting, uploads).
+    pub fn from_registry(e: registry::Error) -> ApiError {
+        use registry::Error as R;
+        match e {
+            R::ManifestUnknown => ApiError::new(ErrorCode::ManifestUnknown, "manifest unknown"),
+            R::BlobUnknown => ApiError::new(ErrorCode::BlobUnknown, "blob unknown"),
+            e @ R::ManifestInvalid(_) => ApiError::new(ErrorCode::ManifestInvalid, "manifest invalid").cause(e),
+            R::ManifestBlobUnknown(d) => {
+                ApiError::new(ErrorCode::ManifestBlobUnknown, "manifest references a blob or manifest not pushed yet")
+                    .detail(d.to_string())
+            }
+            e @ R::DigestInvalid(_) => {
+                ApiError::new(ErrorCode::DigestInvalid, "provided digest did not match uploaded content").cause(e)
+            }
+            e @ R::SizeInvalid { too_large: true, .. } => ApiError::new(ErrorCode::SizeInvalid, "content too large")
+                .status(StatusCode::PAYLOAD_TOO_LARGE)
+                .cause(e),
+            e @ R::SizeInvalid { .. } => {
+                ApiError::new(ErrorCode::SizeInvalid, "provided length did not match content length").cause(e)
+            }
+            R::UploadUnknown => ApiError::new(ErrorCode::BlobUploadUnknown, "upload unknown"),
+            e @ R::UploadInvalid(_) => ApiError::new(ErrorCode::BlobUploadInvalid, "upload invalid").cause(e),
+            R::RangeInvalid { current } => {
+                let range = if current == 0 { "bytes=0-0".to_string() } else { format!("bytes=0-{}", current - 1) };
+                ApiError::new(ErrorCode::BlobUploadInvalid, "chunk does not start where the upload stands")
+                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                    .header(header::RANGE, range)
+            }
+            e @ R::Unsupported(_) => {
+                ApiError::new(ErrorCode::Unsupported, "refused by this registry's policy").cause(e)
+            }
+            e @ R::Storage(_) => ApiError::new(ErrorCode::BlobUploadInvalid, "internal error")
+                .status(StatusCode::INTERNAL_SERVER_ERROR)
+                .cause(e),
         }
     }
 

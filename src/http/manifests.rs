@@ -12,6 +12,22 @@ use crate::oci::{Reference, RepoKey};
 use crate::proxy::CacheStatus;
 use crate::storage::StoredManifest;
 
+/// PUT of a manifest: validated, stored byte-exact, published.
+pub async fn put(
+    _app: &AppState,
+    _key: &RepoKey,
+    _reference: &Reference,
+    _req: &axum::http::request::Parts,
+    _body: Body,
+) -> Result<Response, ApiError> {
+    Err(ApiError::unsupported("pushing manifests"))
+}
+
+/// DELETE of a manifest by digest, or of a tag.
+pub async fn delete(_app: &AppState, _key: &RepoKey, _reference: &Reference) -> Result<Response, ApiError> {
+    Err(ApiError::unsupported("deleting manifests"))
+}
+
 /// GET or HEAD of a manifest, through the proxy.
 pub async fn get(app: &AppState, key: &RepoKey, reference: &Reference, head: bool) -> Result<Response, ApiError> {
     let (m, cache) =

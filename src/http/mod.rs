@@ -16,17 +16,20 @@ pub mod error;
 pub mod headers;
 pub mod manifests;
 pub mod range;
+pub mod referrers;
 pub mod rejection;
 pub mod request_id;
 pub mod tags;
+pub mod uploads;
 
 pub use self::request_id::X_REQUEST_ID;
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
@@ -54,9 +57,9 @@ pub fn router(app: AppState) -> Router {
 /// gets its `X-Request-Id` and where a failure is logged, once, under that
 /// id (the client sees only the fixed text of [`ApiError`]).
 async fn handle(State(app): State<AppState>, req: Request) -> Response {
-    // Only GET and HEAD are served, so the body is never read; the parts
-    // (unlike the body) can be borrowed across awaits.
-    let (mut req, _) = req.into_parts();
+    // The parts (unlike the body) can be borrowed across awaits; the body
+    // goes to the handler that reads it (uploads, manifest PUTs).
+    let (mut req, body) = req.into_parts();
     let id = request_id::for_request(&req.headers);
     // Nothing is parsed or routed for a request that may not be made. The
     // verified user, if any, travels in the request's extensions.
@@ -65,7 +68,7 @@ async fn handle(State(app): State<AppState>, req: Request) -> Response {
             if let Some(user) = user {
                 req.extensions.insert(user);
             }
-            dispatch(&app, &req).await
+            dispatch(&app, &req, body).await
         }
         Err(e) => Err(e),
     };
@@ -89,52 +92,81 @@ pub struct Params {
     pub ns: Option<String>,
     pub n: Option<String>,
     pub last: Option<String>,
+    /// `?digest=` of a monolithic upload or an upload's final PUT.
+    pub digest: Option<String>,
+    /// `?mount=<digest>&from=<repo>` of a cross-repository mount.
+    pub mount: Option<String>,
+    pub from: Option<String>,
+    /// `?artifactType=` of a referrers listing.
+    pub artifact_type: Option<String>,
 }
 
 impl Params {
     fn parse(query: Option<&str>) -> Params {
         let mut p = Params::default();
         for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            match &*k {
-                "ns" => p.ns = Some(v.into_owned()),
-                "n" => p.n = Some(v.into_owned()),
-                "last" => p.last = Some(v.into_owned()),
-                _ => {}
-            }
+            let slot = match &*k {
+                "ns" => &mut p.ns,
+                "n" => &mut p.n,
+                "last" => &mut p.last,
+                "digest" => &mut p.digest,
+                "mount" => &mut p.mount,
+                "from" => &mut p.from,
+                "artifactType" => &mut p.artifact_type,
+                _ => continue,
+            };
+            *slot = Some(v.into_owned());
         }
         p
     }
 }
 
-/// Routes a request to its resource's handler.
-async fn dispatch(app: &AppState, req: &Parts) -> Result<Response, ApiError> {
+/// Routes a request to its resource's handler, by route and method.
+async fn dispatch(app: &AppState, req: &Parts, body: Body) -> Result<Response, ApiError> {
     let route = route::parse(req.uri.path())?;
     let params = Params::parse(req.uri.query());
-    let method = &req.method;
-    if method != Method::GET && method != Method::HEAD {
-        let what = if matches!(route, V2Route::Upload { .. }) { "pushing" } else { "this method" };
-        return Err(ApiError::unsupported(what));
-    }
-    let head = method == Method::HEAD;
+    let read = req.method == Method::GET || req.method == Method::HEAD;
+    let head = req.method == Method::HEAD;
     let route_key = |name: &RepoName, subject| {
         app.proxy.route(name, params.ns.as_deref()).map_err(|e| ApiError::from_proxy(e, subject))
     };
     match route {
-        V2Route::Base => Ok(([(header::CONTENT_TYPE, "application/json")], "{}").into_response()),
+        V2Route::Base if read => Ok(([(header::CONTENT_TYPE, "application/json")], "{}").into_response()),
         V2Route::Catalog => Err(ApiError::unsupported("the catalog")),
-        V2Route::Upload { .. } => Err(ApiError::unsupported("pushing")),
-        V2Route::Referrers { .. } => Err(ApiError::unsupported("the referrers API").status(StatusCode::NOT_FOUND)),
         V2Route::Manifest { name, reference } => {
             let key = route_key(&name, Subject::Manifest)?;
-            manifests::get(app, &key, &reference, head).await
+            match req.method {
+                _ if read => manifests::get(app, &key, &reference, head).await,
+                Method::PUT => manifests::put(app, &key, &reference, req, body).await,
+                Method::DELETE => manifests::delete(app, &key, &reference).await,
+                _ => Err(method_not_allowed()),
+            }
         }
         V2Route::Blob { name, digest } => {
             let key = route_key(&name, Subject::Blob)?;
-            blobs::get(app, &key, &digest, req).await
+            match req.method {
+                _ if read => blobs::get(app, &key, &digest, req).await,
+                Method::DELETE => blobs::delete(app, &key, &digest).await,
+                _ => Err(method_not_allowed()),
+            }
         }
-        V2Route::TagsList { name } => {
+        V2Route::Upload { name, id } => {
+            let key = route_key(&name, Subject::Blob)?;
+            uploads::handle(app, &key, &name, id, &params, req, body).await
+        }
+        V2Route::TagsList { name } if read => {
             let key = route_key(&name, Subject::Repository)?;
             tags::list(app, &key, &name, &params).await
         }
+        V2Route::Referrers { name, digest } if read => {
+            let key = route_key(&name, Subject::Manifest)?;
+            referrers::get(app, &key, &digest, &params, head).await
+        }
+        _ => Err(method_not_allowed()),
     }
+}
+
+/// A method the resource does not offer.
+fn method_not_allowed() -> ApiError {
+    ApiError::unsupported("this method on this resource")
 }

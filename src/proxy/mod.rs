@@ -57,7 +57,11 @@ impl From<storage::Error> for Error {
 impl From<registry::Error> for Error {
     fn from(e: registry::Error) -> Self {
         match e {
+            registry::Error::ManifestUnknown => Error::ManifestUnknown,
+            registry::Error::BlobUnknown => Error::BlobUnknown,
             registry::Error::Storage(why) => Error::Storage(why),
+            // The read paths the proxy uses raise nothing else.
+            other => Error::Internal(other.to_string()),
         }
     }
 }

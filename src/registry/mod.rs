@@ -26,8 +26,37 @@ use crate::storage::{self, now_secs, BlobHandle, Class, Store, StoredManifest, T
 /// publish within this bound.
 pub const LOCAL_TAG_RECHECK: Duration = Duration::from_secs(2);
 
+/// What went wrong in the registry, in its own terms; the edge turns each
+/// into a spec code (`http::error`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
+    #[error("manifest unknown")]
+    ManifestUnknown,
+    #[error("blob unknown")]
+    BlobUnknown,
+    /// A manifest that does not parse or is not of a manifest media type.
+    #[error("invalid manifest: {0}")]
+    ManifestInvalid(String),
+    /// A manifest names a blob or child manifest this site does not hold.
+    #[error("manifest references unknown {0}")]
+    ManifestBlobUnknown(Digest),
+    /// Bytes did not hash to the digest they were sent with.
+    #[error("digest mismatch: {0}")]
+    DigestInvalid(String),
+    /// A length that does not match, or a body over its limit (`too_large`).
+    #[error("size invalid: {message}")]
+    SizeInvalid { message: String, too_large: bool },
+    #[error("upload unknown")]
+    UploadUnknown,
+    #[error("upload invalid: {0}")]
+    UploadInvalid(String),
+    /// A chunk that does not start where the upload stands (`current` bytes
+    /// received so far).
+    #[error("chunk out of order; {current} bytes received")]
+    RangeInvalid { current: u64 },
+    /// Refused by policy (e.g. deleting a blob a published manifest needs).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
     #[error("storage: {0}")]
     Storage(String),
 }
