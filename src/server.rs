@@ -62,11 +62,14 @@ use crate::tls::ServerTls;
 /// nodes booting at once must queue, not be refused or delayed by SYN
 /// retries.
 pub const BACKLOG: u32 = 4096;
-/// Largest buffer hyper keeps per connection. A client that stops reading
-/// pins what hyper has queued for it; with this bound that is one read
-/// buffer (see `storage::blob_file`), not hyper's default of ~400 KiB more.
-/// Request headers must fit in it too.
-const MAX_BUF: usize = 64 * 1024;
+/// Largest buffer hyper keeps per connection. hyper keeps asking a body for
+/// chunks while less than this is queued, so a client that stops reading
+/// pins about this much plus one read buffer (see `storage::blob_file`);
+/// hyper's default (~400 KiB) made that 100 KiB per stalled reader even
+/// with 16 KiB reads at 64 KiB here. Request headers must fit in it too
+/// (nginx allows 4 × 8 KiB), and request bodies are read in pieces of at
+/// most this size.
+const MAX_BUF: usize = 32 * 1024;
 /// Descriptors kept back from the connection budget: the listener, logs,
 /// the store, upstream connection pools, and the spool file and upstream
 /// socket of every fill (`proxy::fill::MAX_FILLS`).

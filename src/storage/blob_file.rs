@@ -11,11 +11,14 @@
 //!   [`LARGE_BUFFERS`] that are allocated once and reused forever, so they
 //!   never fragment the heap or fault in fresh pages.
 //! - **Small buffers** ([`SMALL_READ`]) are used when the pool is empty,
-//!   i.e. when many streams are open at once. Their total is bounded by the
-//!   connection limit: 1,000 stalled readers cost about 64 MiB, not 1 GiB.
+//!   i.e. when many streams are open at once.
 //!
-//! So memory for blob streaming is at most
-//! `LARGE_BUFFERS × 1 MiB + streams × SMALL_READ`, whoever the clients are.
+//! hyper asks a body for its next chunk while less than its buffer limit
+//! (32 KiB, see `server`) is queued, so a stalled connection holds about
+//! that limit plus one read. Memory for blob streaming is therefore at most
+//! `LARGE_BUFFERS × 1 MiB + streams × (32 KiB + SMALL_READ)`, whoever the
+//! clients are: 1,000 stalled readers cost tens of MiB, not 1 GiB. (The
+//! README's behaviour section has the measured figures.)
 //! (Measured figures are in the README's behaviour section.)
 
 use std::io;
@@ -33,7 +36,7 @@ pub const LARGE_READ: usize = 1024 * 1024;
 /// clients may use beyond the per-stream minimum.
 pub const LARGE_BUFFERS: usize = 16;
 /// Read size when the pool is empty: the per-stream floor.
-pub const SMALL_READ: usize = 64 * 1024;
+pub const SMALL_READ: usize = 16 * 1024;
 
 /// The process-wide pool of large read buffers.
 static POOL: Pool = Pool::new();
