@@ -57,77 +57,18 @@ GiB=$((1 << 30))
 MiB100=$((100 << 20))
 # Bump when gen_images.py changes shape, so stale data is rebuilt.
 DATA_VERSION=1
-ACCEPT='Accept: application/vnd.oci.image.manifest.v1+json,application/vnd.oci.image.index.v1+json,application/vnd.docker.distribution.manifest.v2+json,application/vnd.docker.distribution.manifest.list.v2+json'
 
-T_START=$(date +%s)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-declare -A PIDS=()                  # daemon name -> pid (all started by us)
-
-log()  { printf '[compare %4ss] %s\n' "$(( $(date +%s) - T_START ))" "$*" >&2; }
-warn() { log "WARNING: $*"; }
-die()  { log "FATAL: $*"; exit 1; }
-now()  { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", b - a }'; }
-record() { printf '%s\t%s\n' "$1" "$2" >>"$SAMPLES"; log "  $1 = $2"; }
-
-# ---------------------------------------------------------------- processes
-
-# spawn NAME LOGFILE CMD...: start a daemon in the background and remember its
-# pid.  Bash execs simple commands, so $! is the daemon itself (needed for
-# /proc/<pid>/status when reading klts-mirror's RSS).
-spawn() {
-    local name=$1 logf=$2; shift 2
-    "$@" >>"$logf" 2>&1 &
-    PIDS[$name]=$!
-}
-
-# stop NAME: TERM, give it 10 s, then KILL.  Only touches our own pid.
-stop() {
-    local name=$1 pid=${PIDS[$1]:-} i
-    [[ -n $pid ]] || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    unset "PIDS[$name]"
-}
-
-cleanup() {
-    local rc=$? name pid
-    trap - EXIT INT TERM
-    for name in "${!PIDS[@]}"; do stop "$name"; done
-    # Client pipelines still running (only after an interrupt): kill their
-    # children first -- killing the subshell alone would orphan curl.
-    for pid in $(jobs -p); do
-        pkill -TERM -P "$pid" 2>/dev/null || true
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# wait_http URL [timeout_s]: poll until the URL answers 200.
-wait_http() {
-    local url=$1 deadline=$(( $(date +%s) + ${2:-30} ))
-    until [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$url" 2>/dev/null) == 200 ]]; do
-        (( $(date +%s) < deadline )) || return 1
-        sleep 0.05
-    done
-}
+LOG_TAG=compare
+# log/warn/die/now/elapsed/record, spawn/stop, the EXIT trap, wait_http, gen_blob,
+# write_klts_config, curl_mibs
+source "$BENCH_DIR/lib/common.sh"
 
 # ---------------------------------------------------------------- setup
 
 ensure_tools() {
-    # command -> Debian package
-    local -A pkg=([docker-registry]=docker-registry [nginx]=nginx [wrk]=wrk [skopeo]=skopeo
-                  [jq]=jq [curl]=curl [openssl]=openssl [python3]=python3 [sha256sum]=coreutils)
-    local missing=() c
-    for c in "${!pkg[@]}"; do command -v "$c" >/dev/null || missing+=("${pkg[$c]}"); done
-    if ((${#missing[@]})); then
-        log "installing: ${missing[*]}"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    fi
+    apt_install_missing docker-registry=docker-registry nginx=nginx wrk=wrk skopeo=skopeo \
+        jq=jq curl=curl openssl=openssl python3=python3 sha256sum=coreutils
     # Debian enables the packaged services on install; they listen on :5000/:80
     # but never on our ports, so we leave them alone.
 }
@@ -142,18 +83,6 @@ build_binary() {
     fi
     [[ -x $BIN ]] || die "no klts-mirror binary at $BIN"
     log "binary: $BIN"
-}
-
-# gen_blob FILE SIZE KEY: deterministic pseudo-random bytes (AES-CTR keystream
-# of zeros with a fixed key); incompressible, so nobody can cheat with gzip.
-gen_blob() {
-    local file=$1 size=$2 key=$3
-    [[ -f $file && $(stat -c %s "$file") == "$size" ]] && return 0
-    log "generating $(basename "$file") ($size bytes)"
-    openssl enc -aes-128-ctr -nosalt -K "$key" -iv 00000000000000000000000000000000 </dev/zero 2>/dev/null \
-        | head -c "$size" >"$file.tmp" || true   # head closes the pipe: openssl gets SIGPIPE
-    [[ $(stat -c %s "$file.tmp") == "$size" ]] || die "blob generation failed for $file"
-    mv "$file.tmp" "$file"
 }
 
 gen_data() {
@@ -258,7 +187,7 @@ restart_dist_fresh() { stop dist; start_dist fresh; }
 start_klts() {
     [[ ${1:-} == fresh ]] && rm -rf "$KLTS_DATA"
     mkdir -p "$KLTS_DATA"
-    write_klts_config "$WORK/klts.toml" "$KLTS_DATA"
+    write_klts_config "$WORK/klts.toml" "$KLTS_DATA" "http://127.0.0.1:$UP_PORT"
     spawn klts "$LOGS/klts.log" "$BIN" serve --config "$WORK/klts.toml" --listen "127.0.0.1:$KLTS_PORT"
     if ! wait_http "http://127.0.0.1:$KLTS_PORT/v2/"; then
         warn "klts-mirror did not answer 200 on /v2/ within 30 s (see $LOGS/klts.log)"
@@ -266,22 +195,6 @@ start_klts() {
     fi
 }
 restart_klts_fresh() { stop klts; start_klts fresh; }
-
-write_klts_config() {
-    cat >"$1" <<EOF
-listen = "127.0.0.1:0"
-[storage]
-backend = "filesystem"
-path = "$2"
-[upstreams."registry.k8s.io"]
-url = "http://127.0.0.1:$UP_PORT"
-[routing]
-default_upstream = "registry.k8s.io"
-[cache]
-tag_ttl = "5m"
-offline = false
-EOF
-}
 
 # nginx serving the 1 GiB blob and the manifest bytes as static files: the
 # ceiling for a warm cache.  Tuned the way one would for this job (sendfile,
@@ -323,16 +236,6 @@ EOF
 klts_url()  { echo "http://127.0.0.1:$KLTS_PORT/v2/$1"; }
 dist_url()  { echo "http://127.0.0.1:$DIST_PORT/v2/$1"; }
 blob_path() { echo "$BLOB_REPO/blobs/sha256:$BLOB_HEX"; }
-
-# curl_mibs URL SIZE: single download to /dev/null, prints MiB/s or nan if the
-# transfer failed or was short.
-curl_mibs() {
-    local out speed size
-    out=$(curl -sS --fail -o /dev/null --max-time 600 -w '%{speed_download} %{size_download}' "$1" 2>>"$LOGS/clients.log") || { echo nan; return; }
-    read -r speed size <<<"$out"
-    [[ $size == "$2" ]] || { echo nan; return; }
-    awk -v s="$speed" 'BEGIN { printf "%.1f", s / 1048576 }'
-}
 
 # fan_out URL N HEX: N parallel clients, each `curl | $CLIENT_SHA`.  Sets
 # FAN_WALL (seconds until the last client finished) and FAN_OK (digests that
@@ -423,7 +326,7 @@ scenario_startup() {
         $UTIL fill-store "$STARTUP_DATA" 100000
         echo 100000 >"$STARTUP_DATA/.filled"
     fi
-    write_klts_config "$WORK/klts-startup.toml" "$STARTUP_DATA"
+    write_klts_config "$WORK/klts-startup.toml" "$STARTUP_DATA" "http://127.0.0.1:$UP_PORT"
     local r port
     for ((r = 1; r <= RUNS; r++)); do
         port=$($UTIL freeports 1)

@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """Aggregate benchmark samples into the comparison table and JSON.
 
-compare.sh appends one line per measurement to samples.tsv:
+compare.sh and load.sh append one line per measurement to samples.tsv:
     <key>\t<value>          e.g.  warm1.klts\t1834.2
-A value of "nan" means the measurement failed (curl error, timeout, ...).
+A value of "nan" means the measurement failed (curl error, ...); "timeout"
+means the target did not answer in time (kept as +inf, printed "timeout").
+
+--profile compare (default): klts-mirror against nginx/distribution (ROWS).
+--profile load: HEAD against BASE, the previous klts-mirror (load_rows());
+  keys are <metric>.head / <metric>.base, --vars fills in the sizes.
 
 Each table row compares the median of a klts-mirror key with the median of a
 peer key and checks it against a target.  Rows whose target is an exact count
@@ -24,6 +29,7 @@ import statistics
 #   abs_le              : klts_median <= threshold
 #   all_eq              : every klts sample == threshold
 #   info                : reported, not judged
+#   eq_key (load only)  : every HEAD sample == the same run's sample of key <threshold>
 ROWS = [
     ("warm 1GiB blob, 1 client", "MiB/s", "warm1.klts", "nginx", "warm1.nginx", "ratio_ge", 1.0),
     ("warm 1GiB blob, 1 client", "MiB/s", "warm1.klts", "distribution", "warm1.dist", "ratio_ge", 1.0),
@@ -49,6 +55,60 @@ ROWS = [
 ]
 
 
+# load profile: an RSS figure only means something if the readers were really
+# served; otherwise its row reads "invalid" instead of PASS/FAIL.
+#   key -> (guard key, vars name of the count every HEAD sample must equal)
+LOAD_GUARDS = {
+    "s2.fast.peak": ("s2.fast.ok", "fast_n"),
+    "s2.stall.peak": ("s2.stall.served", "stall_n"),
+}
+
+
+def load_rows(v):
+    """Rows of load.sh, in the same shape as ROWS; the peer is always BASE.
+    v: sizes and counts the run used (see load.sh)."""
+    slow, lat, fast, stall, idle = v["slow_n"], v["lat_n"], v["fast_n"], v["stall_n"], v["idle_n"]
+    rows = [("1 mirror open-files soft limit (as running)", "fds", "nofile.fills", "info", None)]
+    for what, m in (("manifest by tag", "man"), ("1MiB blob", "blob")):
+        for cond, c in (("no fills", "quiet"), (f"{slow} slow fills", "fills")):
+            for stat in ("med", "p99"):
+                name = "median" if stat == "med" else "p99"
+                rows.append((f"1 warm {what}, {cond}: {name} of {lat}", "ms", f"s1.{m}.{c}.{stat}", "info", None))
+    rows += [
+        (f"1 slow fills still running at end", f"of {slow}", "s1.inflight", "all_eq", slow),
+        (f"1 slow fills active at upstream (end)", f"of {slow}", "s1.upstream_active", "info", None),
+        (f"1 failed warm requests (all phases)", "count", "s1.errors", "all_eq", 0),
+        ("2 mirror open-files soft limit (as running)", "fds", "nofile.memory", "info", None),
+        (f"2a {fast} fast readers, {v['fast_mib']}MiB blob: peak RSS", "MiB", "s2.fast.peak", "abs_le", 96.0),
+        (f"2a {fast} fast readers: steady RSS", "MiB", "s2.fast.steady", "info", None),
+        (f"2a {fast} fast readers: RSS {v['after_s']}s after", "MiB", "s2.fast.after", "info", None),
+        (f"2a {fast} fast readers: complete bodies", f"of {fast}", "s2.fast.ok", "all_eq", fast),
+        (f"2a {fast} fast readers: wall", "s", "s2.fast.wall", "info", None),
+        (f"2b {stall} stalled readers ({v['hold_s']}s): peak RSS", "MiB", "s2.stall.peak", "abs_le", 128.0),
+        (f"2b {stall} stalled readers: steady RSS", "MiB", "s2.stall.steady", "info", None),
+        (f"2b {stall} stalled readers: RSS {v['after_s']}s after", "MiB", "s2.stall.after", "info", None),
+        (f"2b {stall} stalled readers: got 200", f"of {stall}", "s2.stall.served", "all_eq", stall),
+        (f"2b {stall} stalled readers: got an error status", f"of {stall}", "s2.stall.errors", "info", None),
+        (f"3 warm {v['big_mib']}MiB blob, 1 client", "MiB/s", "s3.mibs", "ratio_ge", 0.9),
+        ("4 mirror open-files soft limit (as running)", "fds", "nofile.idle", "info", None),
+        (f"4 warm manifest, no idle conns: median of {v['idle_lat_n']}", "ms", "s4.quiet.med", "info", None),
+        (f"4 warm manifest, no idle conns: p99", "ms", "s4.quiet.p99", "info", None),
+        (f"4 warm manifest, {idle} idle conns: median", "ms", "s4.idle.med", "info", None),
+        (f"4 warm manifest, {idle} idle conns: p99", "ms", "s4.idle.p99", "info", None),
+        (f"4 failed requests with {idle} idle conns", "count", "s4.errors", "all_eq", 0),
+        (f"4 RSS with {idle} idle conns", "MiB", "s4.rss", "info", None),
+        (f"4 open fds of the mirror with {idle} idle conns", "fds", "s4.fds", "info", None),
+        (f"4 idle conns established (client view)", f"of {idle}", "s4.connected", "info", None),
+    ]
+    checks = v["idle_checks"]
+    for i, t in enumerate(checks):
+        last = i == len(checks) - 1
+        # Judged against the connections that were really open (client view).
+        rows.append((f"4 idle conns closed by server after {t}s", f"of {idle}", f"s4.closed.{t}",
+                     "eq_key" if last else "info", "s4.connected" if last else None))
+    return [(scen, unit, f"{key}.head", "BASE", f"{key}.base", check, thr) for scen, unit, key, check, thr in rows]
+
+
 def load(path):
     samples = {}
     if os.path.exists(path):
@@ -58,11 +118,20 @@ def load(path):
                     continue
                 k, v = line.rstrip("\n").split("\t", 1)
                 try:
-                    val = float(v)
+                    val = math.inf if v == "timeout" else float(v)
                 except ValueError:
                     val = math.nan
                 samples.setdefault(k, []).append(val)
     return samples
+
+
+def jval(v):
+    """A sample or median for JSON: nan -> null, timeout (+inf) -> "timeout"."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if isinstance(v, float) and math.isinf(v):
+        return "timeout"
+    return v
 
 
 def median(vals):
@@ -76,6 +145,8 @@ def median(vals):
 def fmt(v):
     if v is None:
         return "n/a"
+    if math.isinf(v):
+        return "timeout"
     if abs(v) >= 100:
         return f"{v:,.0f}"
     if abs(v) >= 10:
@@ -85,7 +156,8 @@ def fmt(v):
 
 def judge(check, thr, k_med, p_med, k_samples):
     """Returns (ratio, target text, status)."""
-    ratio = k_med / p_med if k_med is not None and p_med not in (None, 0) else None
+    finite = k_med is not None and p_med not in (None, 0) and not math.isinf(k_med) and not math.isinf(p_med)
+    ratio = k_med / p_med if finite else None
     if check == "ratio_ge":
         return ratio, f">= {thr:g}x", ("PASS" if ratio is not None and ratio >= thr else "FAIL")
     if check == "ratio_le":
@@ -104,29 +176,58 @@ def main():
     ap.add_argument("--json", required=True)
     ap.add_argument("--runs", type=int, required=True)
     ap.add_argument("--meta", default="{}", help="extra JSON object merged into the output")
+    ap.add_argument("--profile", choices=("compare", "load"), default="compare")
+    ap.add_argument("--vars", default="{}", help="load profile: sizes/counts (JSON)")
     a = ap.parse_args()
     s = load(a.samples)
+    lvars = json.loads(a.vars)
+    row_defs = ROWS if a.profile == "compare" else load_rows(lvars)
+    notes = []
 
     rows = []
-    for scen, unit, kk, peer, pk, check, thr in ROWS:
+    for scen, unit, kk, peer, pk, check, thr in row_defs:
         k_samples = s.get(kk, [])
         p_samples = s.get(pk, []) if pk else []
         k_med, p_med = median(k_samples), (median(p_samples) if pk else None)
-        ratio, target, status = judge(check, thr, k_med, p_med, k_samples)
+        if check == "eq_key":
+            # Every HEAD sample equals the same run's HEAD sample of another key.
+            ref = s.get(thr + ".head", [])
+            ok = bool(k_samples) and len(ref) == len(k_samples) and all(x == y for x, y in zip(k_samples, ref))
+            ratio = k_med / p_med if k_med is not None and p_med not in (None, 0) else None
+            target, status = f"== {thr.split('.')[-1]} (every run)", ("PASS" if ok else "FAIL")
+        else:
+            ratio, target, status = judge(check, thr, k_med, p_med, k_samples)
         if not k_samples and not p_samples:
             status = "skip"  # scenario not selected (SCENARIOS=...)
+        elif a.profile == "load" and kk.removesuffix(".head") in LOAD_GUARDS and status in ("PASS", "FAIL"):
+            gk, gv = LOAD_GUARDS[kk.removesuffix(".head")]
+            g = s.get(gk + ".head", [])
+            if not g or any(x != lvars[gv] for x in g):
+                status = "invalid"
+                notes.append(f"invalid: '{scen}' judged only when every run served all "
+                             f"{lvars[gv]} readers ({gk}.head = {[jval(x) for x in g]})")
         rows.append({
             "scenario": scen, "unit": unit, "peer": peer,
             "klts_median": k_med, "peer_median": p_med, "ratio": ratio,
             "target": target, "status": status,
-            "klts_samples": [None if math.isnan(v) else v for v in k_samples],
-            "peer_samples": [None if math.isnan(v) else v for v in p_samples],
+            "klts_samples": [jval(v) for v in k_samples],
+            "peer_samples": [jval(v) for v in p_samples],
         })
 
-    hdr = ("scenario", "unit", "klts-mirror", "peer", "peer median", "ratio", "target", "result")
-    table = [hdr] + [(r["scenario"], r["unit"], fmt(r["klts_median"]), r["peer"], fmt(r["peer_median"]),
-                      (f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"), r["target"], r["status"])
-                     for r in rows]
+    ratio_txt = lambda r: f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
+    if a.profile == "compare":
+        hdr = ("scenario", "unit", "klts-mirror", "peer", "peer median", "ratio", "target", "result")
+        table = [hdr] + [(r["scenario"], r["unit"], fmt(r["klts_median"]), r["peer"], fmt(r["peer_median"]),
+                          ratio_txt(r), r["target"], r["status"]) for r in rows]
+    else:
+        hdr = ("scenario", "unit", "BASE", "HEAD", "HEAD/BASE", "target (HEAD)", "result")
+        table = [hdr] + [(r["scenario"], r["unit"], fmt(r["peer_median"]), fmt(r["klts_median"]),
+                          ratio_txt(r), r["target"], r["status"]) for r in rows]
+        # JSON: say what the columns are.
+        rows = [{"scenario": r["scenario"], "unit": r["unit"], "base_median": jval(r["peer_median"]),
+                 "head_median": jval(r["klts_median"]), "ratio_head_base": r["ratio"], "target": r["target"],
+                 "status": r["status"], "base_samples": r["peer_samples"], "head_samples": r["klts_samples"]}
+                for r in rows]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(hdr))]
     line = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
     print(line(hdr))
@@ -136,14 +237,21 @@ def main():
     n_pass = sum(r["status"] == "PASS" for r in rows)
     n_judged = sum(r["status"] in ("PASS", "FAIL") for r in rows)
     print(f"\n{n_pass}/{n_judged} targets met (RUNS={a.runs}, values are medians over runs)")
+    for n in notes:
+        print(n)
+    if a.profile == "load":
+        out_vars = {"vars": json.loads(a.vars)}
+    else:
+        out_vars = {}
 
     out = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "runs": a.runs,
         **json.loads(a.meta),
+        **out_vars,
         "passed": n_pass, "judged": n_judged,
         "rows": rows,
-        "raw_samples": {k: [None if math.isnan(x) else x for x in v] for k, v in s.items()},
+        "raw_samples": {k: [jval(x) for x in v] for k, v in s.items()},
     }
     os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
     with open(a.json, "w") as f:
