@@ -83,8 +83,9 @@ async fn with_auth_writes_need_a_valid_user_and_pulls_stay_anonymous() {
         assert!(r.headers().get("www-authenticate").is_none(), "{what}");
     }
     let r = send(&env, "DELETE", "/v2/pause/manifests/3.9", Some(("bob", "hunter2"))).await;
-    assert_error(r, 404, "MANIFEST_UNKNOWN").await; // every user in the file; nothing was published
-                                                    // Malformed or foreign schemes are no credentials.
+    // Every user in the file gets through (nothing was published to delete).
+    assert_error(r, 404, "MANIFEST_UNKNOWN").await;
+    // Malformed or foreign schemes are no credentials.
     for value in ["Basic %%%", "Basic ", "Basic YWxpY2U=", "Bearer s3cret", "s3cret"] {
         let r = env
             .client

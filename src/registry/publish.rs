@@ -108,9 +108,11 @@ impl Registry {
             if let Some(subject) = &m.subject {
                 self.index_referrer(Class::Published, key, &subject.digest, &m, &digest, size).await?;
             }
-        }
-        if let Reference::Tag(tag) = reference {
-            self.put_local_tag(Class::Published, key, tag, &digest).await?;
+            // Still under the gate: a concurrent delete of this digest must
+            // not slip between the manifest and its tag.
+            if let Reference::Tag(tag) = reference {
+                self.put_local_tag(Class::Published, key, tag, &digest).await?;
+            }
         }
         tracing::info!(repo = %key, %reference, %digest, "published");
         Ok(Published { digest, subject: m.subject.map(|s| s.digest) })
