@@ -4,16 +4,19 @@
 use axum::body::Body;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use super::error::{ApiError, Subject};
 use super::headers::{content_headers, insert_text};
 use super::{range, AppState};
 use crate::oci::{Digest, ErrorCode, RepoKey};
 
-/// DELETE of a blob (only where nothing published or pinned needs it).
-pub async fn delete(_app: &AppState, _key: &RepoKey, _digest: &Digest) -> Result<Response, ApiError> {
-    Err(ApiError::unsupported("deleting blobs"))
+/// DELETE of a blob: 202, unless a published or pinned manifest holds it
+/// (405 `UNSUPPORTED`). Blobs are stored once for every repository, so
+/// `key` only routes; a pull-through blob nothing holds may go.
+pub async fn delete(app: &AppState, _key: &RepoKey, digest: &Digest) -> Result<Response, ApiError> {
+    app.registry.delete_blob(digest).await.map_err(ApiError::from_registry)?;
+    Ok(StatusCode::ACCEPTED.into_response())
 }
 
 /// GET or HEAD of a blob.

@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod blobs;
+pub mod body;
 pub mod error;
 pub mod headers;
 pub mod manifests;
@@ -123,7 +124,10 @@ impl Params {
 
 /// Routes a request to its resource's handler, by route and method.
 async fn dispatch(app: &AppState, req: &Parts, body: Body) -> Result<Response, ApiError> {
-    let route = route::parse(req.uri.path())?;
+    let route = match route::parse(req.uri.path()) {
+        Ok(route) => route,
+        Err(e) => return Err(body::refuse(e.into(), &req.headers, body).await),
+    };
     let params = Params::parse(req.uri.query());
     let read = req.method == Method::GET || req.method == Method::HEAD;
     let head = req.method == Method::HEAD;
@@ -134,7 +138,10 @@ async fn dispatch(app: &AppState, req: &Parts, body: Body) -> Result<Response, A
         V2Route::Base if read => Ok(([(header::CONTENT_TYPE, "application/json")], "{}").into_response()),
         V2Route::Catalog => Err(ApiError::unsupported("the catalog")),
         V2Route::Manifest { name, reference } => {
-            let key = route_key(&name, Subject::Manifest)?;
+            let key = match route_key(&name, Subject::Manifest) {
+                Ok(key) => key,
+                Err(e) => return Err(body::refuse(e, &req.headers, body).await),
+            };
             match req.method {
                 _ if read => manifests::get(app, &key, &reference, head).await,
                 Method::PUT => manifests::put(app, &key, &reference, req, body).await,

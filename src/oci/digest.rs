@@ -162,6 +162,21 @@ impl fmt::Debug for Digest {
     }
 }
 
+/// As its text, `sha256:<hex>` (descriptors, stored records); parsed and
+/// checked on the way in like any other digest from outside.
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 enum Hasher {
     Sha256(Sha256),
     Sha512(Box<Sha512>),

@@ -124,6 +124,13 @@ impl Manifest {
         self.config.iter().chain(self.layers.iter())
     }
 
+    /// The blobs a registry must hold before it accepts this manifest:
+    /// every blob but non-distributable layers (clients fetch those from
+    /// their `urls`; see [`media::is_non_distributable`]).
+    pub fn required_blobs(&self) -> impl Iterator<Item = &Descriptor> {
+        self.blobs().filter(|d| !media::is_non_distributable(&d.media_type))
+    }
+
     /// The artifact type a referrers listing shows for this manifest: its
     /// `artifactType`, else its config's media type (image-spec 1.1).
     pub fn effective_artifact_type(&self) -> Option<&str> {
@@ -233,6 +240,18 @@ mod tests {
     fn without_artifact_type_the_config_media_type_is_shown() {
         let m = Manifest::parse(Some(media::OCI_MANIFEST), image("").as_bytes()).unwrap();
         assert_eq!(m.effective_artifact_type(), Some("application/vnd.oci.image.config.v1+json"));
+    }
+
+    #[test]
+    fn non_distributable_layers_are_not_required() {
+        let body = image("").replace(
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        );
+        let m = Manifest::parse(Some(media::OCI_MANIFEST), body.as_bytes()).unwrap();
+        assert_eq!(m.blobs().count(), 2);
+        let required: Vec<String> = m.required_blobs().map(|b| b.digest.to_string()).collect();
+        assert_eq!(required, vec![d(1)], "the config only");
     }
 
     #[test]

@@ -13,6 +13,14 @@ application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.v2+json, \
 application/vnd.docker.distribution.manifest.v1+prettyjws, */*;q=0.1";
 
+/// Layers that registries are not expected to hold: OCI's (deprecated)
+/// non-distributable layers and Docker's foreign layers, fetched by clients
+/// from their `urls` instead. A manifest naming one is accepted without it.
+pub fn is_non_distributable(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.oci.image.layer.nondistributable.")
+        || media_type.starts_with("application/vnd.docker.image.rootfs.foreign.")
+}
+
 /// Largest manifest accepted (containerd refuses anything larger anyway).
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
@@ -56,6 +64,15 @@ mod tests {
         assert_eq!(sniff(br#"{"schemaVersion":2,"manifests":[]}"#).as_deref(), Some(OCI_INDEX));
         assert_eq!(sniff(br#"{"schemaVersion":2,"layers":[]}"#).as_deref(), Some(OCI_MANIFEST));
         assert_eq!(sniff(b"not json"), None);
+    }
+
+    #[test]
+    fn non_distributable_layers() {
+        assert!(is_non_distributable("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"));
+        assert!(is_non_distributable("application/vnd.oci.image.layer.nondistributable.v1.tar"));
+        assert!(is_non_distributable("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"));
+        assert!(!is_non_distributable("application/vnd.oci.image.layer.v1.tar+gzip"));
+        assert!(!is_non_distributable("application/vnd.oci.empty.v1+json"));
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod error;
 pub mod manifest;
 pub mod media;
 pub mod name;
+pub mod referrers;
 pub mod route;
 
 pub use digest::{Algorithm, Digest, Verifier};

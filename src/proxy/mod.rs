@@ -5,7 +5,7 @@
 //! cached tag (fresh: served; stale: one HEAD revalidation; upstream
 //! unavailable: served stale) → upstream. By digest: memory → store →
 //! upstream. Blobs: fill in progress → store → upstream fill. Every upstream
-//! fetch is single-flight.
+//! fetch is single-flight. Referrers: local ones merged with upstream's.
 
 pub mod fill;
 pub mod origin;
@@ -23,6 +23,7 @@ use self::routing::{RoutingError, RoutingTable};
 use self::taglist::TagLists;
 use crate::config::Config;
 use crate::flight::Group;
+use crate::oci::referrers::{self, Referrer};
 use crate::oci::{media, Digest, Reference, RepoKey, RepoName, Tag};
 use crate::registry::{self, Registry};
 use crate::storage::{self, now_secs, BlobHandle, ByteStream, Class, Store, StoredManifest, TagLink};
@@ -304,6 +305,28 @@ impl Proxy {
         let d2 = d.clone();
         let fill = self.fills.join_or_start(d, self.registry.store(), move || async move { origin.blob(&d2).await });
         joined(fill).await
+    }
+
+    // ---- referrers ---------------------------------------------------
+
+    /// The referrers of `subject`: this site's (published, pinned) and,
+    /// unless offline, upstream's, each digest once. Upstream is asked on
+    /// every call (a signature may appear there at any time); when it
+    /// fails, the local ones are the answer, and a registry without the
+    /// referrers API (404) simply has none.
+    pub async fn referrers(&self, key: &RepoKey, subject: &Digest) -> Result<Vec<Referrer>> {
+        let local = self.registry.referrers(key, subject).await?;
+        if self.offline {
+            return Ok(local);
+        }
+        match self.origin(key, None)?.referrers(subject).await {
+            Ok(remote) => Ok(referrers::merge(local, remote)),
+            Err(upstream::Error::NotFound) => Ok(local),
+            Err(e) => {
+                tracing::warn!(repo = %key, %subject, error = %e, "upstream referrers unavailable; listing local ones");
+                Ok(local)
+            }
+        }
     }
 
     // ---- tags list ---------------------------------------------------

@@ -11,6 +11,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::oci::referrers::Referrer;
 use crate::oci::{Digest, Reference, RepoName};
 use crate::upstream::{self, BlobBody, ManifestBody, ManifestHead, Upstream};
 
@@ -64,6 +65,14 @@ impl Origin {
         self.first_found(|up, r| {
             let d = d.clone();
             async move { up.get_blob(&r, &d).await }
+        })
+        .await
+    }
+
+    pub async fn referrers(&self, d: &Digest) -> upstream::Result<Vec<Referrer>> {
+        self.first_found(|up, r| {
+            let d = d.clone();
+            async move { up.referrers(&r, &d).await }
         })
         .await
     }

@@ -11,12 +11,19 @@
 //! the published/pinned link as last read (trusted for
 //! [`LOCAL_TAG_RECHECK`], so a publish through another replica is seen
 //! within that bound) and the cached link (write-through).
+//!
+//! Publishing (manifest PUT, deletes, the blob delete rule) is in
+//! [`publish`]; the referrers index in [`referrers`].
+
+pub mod publish;
+pub mod referrers;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quick_cache::sync::Cache;
 use quick_cache::Weighter;
+use tokio::sync::RwLock;
 
 use crate::oci::{Digest, RepoKey, Tag};
 use crate::storage::{self, now_secs, BlobHandle, Class, Store, StoredManifest, TagLink};
@@ -107,6 +114,10 @@ pub struct Registry {
     /// Hot manifests by digest, bounded by bytes.
     manifests: Cache<Digest, Arc<StoredManifest>, ManifestWeighter>,
     tags: Cache<TagKey, TagState>,
+    /// Orders "check that content exists, then hold it" (publishing, shared)
+    /// against "check that nothing holds it, then delete it" (exclusive);
+    /// see [`publish`].
+    content_gate: RwLock<()>,
 }
 
 impl Registry {
@@ -118,6 +129,7 @@ impl Registry {
             store,
             manifests: Cache::with_weighter((budget / 4096).max(16) as usize, budget, ManifestWeighter),
             tags: Cache::new(100_000),
+            content_gate: RwLock::new(()),
         }
     }
 
@@ -194,6 +206,13 @@ impl Registry {
         let link = TagLink { digest: digest.clone(), checked: 0 };
         self.store.put_tag(class, key, tag, &link).await?;
         // Re-read so that a published tag still wins over a pinned one.
+        self.refresh_local_tag(key, tag).await
+    }
+
+    /// Re-reads a tag's published/pinned link into memory after this
+    /// replica changed it: seen here at once, elsewhere within
+    /// [`LOCAL_TAG_RECHECK`].
+    async fn refresh_local_tag(&self, key: &RepoKey, tag: &Tag) -> Result<()> {
         let local = self.read_local_tag(key, tag).await?;
         self.update_tag(key, tag, |s| s.local = Some((local, Instant::now())));
         Ok(())
@@ -241,12 +260,16 @@ impl Registry {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{Backend, StorageConfig};
     use bytes::Bytes;
 
-    fn registry() -> (Registry, tempfile::TempDir) {
+    pub(crate) fn key(repo: &str) -> RepoKey {
+        RepoKey::new("registry.k8s.io".into(), repo.parse().unwrap())
+    }
+
+    pub(crate) fn registry() -> (Registry, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let cfg = StorageConfig { backend: Backend::Memory, spool_path: Some(dir.path().into()), ..Default::default() };
         (Registry::new(Arc::new(Store::open(&cfg).unwrap()), 1 << 20), dir)

@@ -1,4 +1,5 @@
-//! The content store: blobs, manifests and tag links on `object_store`.
+//! The content store: blobs, manifests, tag links, holds (what keeps
+//! content from being deleted) and referrers indexes, on `object_store`.
 //!
 //! `Store` is the storage seam. Everything goes through `object_store`
 //! (local filesystem by default, in-memory for tests, S3 later), except two
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 pub use paths::Class;
 
 use crate::config::{Backend, StorageConfig};
+use crate::oci::referrers::Referrer;
 use crate::oci::{Digest, RepoKey, Tag};
 
 /// A stream of blob bytes as sent to clients.
@@ -233,6 +235,18 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the blob `d` is stored (one metadata lookup, no open).
+    pub async fn has_blob(&self, d: &Digest) -> Result<bool> {
+        self.exists(&paths::blob(d)).await
+    }
+
+    /// Removes the blob `d`; `false` when it was not there. On the
+    /// filesystem a reader that already opened it keeps reading its bytes
+    /// (an unlinked file lives until its last descriptor closes).
+    pub async fn delete_blob(&self, d: &Digest) -> Result<bool> {
+        self.delete(&paths::blob(d)).await
+    }
+
     // ---- manifests ---------------------------------------------------
 
     /// Reads a manifest record; a record whose bytes no longer match its
@@ -252,6 +266,16 @@ impl Store {
             return Ok(None);
         }
         Ok(Some(StoredManifest { digest: d.clone(), media_type, body }))
+    }
+
+    /// Whether the manifest record `d` is stored (no read).
+    pub async fn has_manifest(&self, d: &Digest) -> Result<bool> {
+        self.exists(&paths::manifest(d)).await
+    }
+
+    /// Removes the manifest record `d`; `false` when it was not there.
+    pub async fn delete_manifest(&self, d: &Digest) -> Result<bool> {
+        self.delete(&paths::manifest(d)).await
     }
 
     pub async fn put_manifest(&self, m: &StoredManifest) -> Result<()> {
@@ -284,6 +308,11 @@ impl Store {
         Ok(())
     }
 
+    /// Removes a tag link; `false` when there was none.
+    pub async fn delete_tag(&self, class: Class, key: &RepoKey, tag: &Tag) -> Result<bool> {
+        self.delete(&paths::tag(class, key, tag)).await
+    }
+
     /// Tags of one class in a repository.
     pub async fn list_tags(&self, class: Class, key: &RepoKey) -> Result<Vec<Tag>> {
         let prefix = paths::tags_dir(class, key);
@@ -306,6 +335,100 @@ impl Store {
         let body = serde_json::to_vec(tags).map_err(io::Error::other)?;
         self.objects.put(&paths::taglist(key), body.into()).await?;
         Ok(())
+    }
+
+    // ---- holds (what keeps content from being deleted) ---------------
+
+    /// Records that `holder`, a manifest of `class` in `key`, keeps
+    /// `content` (see [`paths::hold`]).
+    pub async fn put_hold(&self, content: &Digest, class: Class, key: &RepoKey, holder: &Digest) -> Result<()> {
+        self.objects.put(&paths::hold(content, class, key, holder), Bytes::new().into()).await?;
+        Ok(())
+    }
+
+    pub async fn delete_hold(&self, content: &Digest, class: Class, key: &RepoKey, holder: &Digest) -> Result<()> {
+        self.delete(&paths::hold(content, class, key, holder)).await.map(drop)
+    }
+
+    pub async fn has_hold(&self, content: &Digest, class: Class, key: &RepoKey, holder: &Digest) -> Result<bool> {
+        self.exists(&paths::hold(content, class, key, holder)).await
+    }
+
+    /// Whether anything holds `content`: one listing, stopped at the first
+    /// entry.
+    pub async fn is_held(&self, content: &Digest) -> Result<bool> {
+        let prefix = paths::holds(content);
+        match self.objects.list(Some(&prefix)).next().await {
+            None | Some(Err(object_store::Error::NotFound { .. })) => Ok(false),
+            Some(Ok(_)) => Ok(true),
+            Some(Err(e)) => Err(e.into()),
+        }
+    }
+
+    // ---- referrers index ---------------------------------------------
+
+    /// Lists `entry` (a manifest whose subject is `subject`) in the
+    /// referrers index of one class of a repository.
+    pub async fn put_referrer(&self, class: Class, key: &RepoKey, subject: &Digest, entry: &Referrer) -> Result<()> {
+        let body = serde_json::to_vec(entry).map_err(io::Error::other)?;
+        self.objects.put(&paths::referrer(class, key, subject, &entry.digest), body.into()).await?;
+        Ok(())
+    }
+
+    pub async fn delete_referrer(
+        &self,
+        class: Class,
+        key: &RepoKey,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<()> {
+        self.delete(&paths::referrer(class, key, subject, referrer)).await.map(drop)
+    }
+
+    /// The referrers of `subject` in one class of a repository, in key
+    /// order. An unreadable entry is logged and left out.
+    pub async fn list_referrers(&self, class: Class, key: &RepoKey, subject: &Digest) -> Result<Vec<Referrer>> {
+        let prefix = paths::referrers_dir(class, key, subject);
+        let mut listed: Vec<_> = match self.objects.list(Some(&prefix)).try_collect().await {
+            Ok(v) => v,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        listed.sort_by(|a, b| a.location.cmp(&b.location));
+        let mut out = Vec::with_capacity(listed.len());
+        for meta in listed {
+            // Deleted since the listing: simply no longer a referrer.
+            let Some(raw) = self.get_bytes(&meta.location).await? else { continue };
+            match serde_json::from_slice(&raw) {
+                Ok(entry) => out.push(entry),
+                Err(e) => tracing::error!(repo = %key, %subject, error = %e, "unreadable referrers entry; ignoring it"),
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- plumbing ----------------------------------------------------
+
+    async fn exists(&self, key: &Path) -> Result<bool> {
+        match self.objects.head(key).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes one object; `false` when it was not there.
+    async fn delete(&self, key: &Path) -> Result<bool> {
+        // The in-memory store deletes absent keys silently: ask first so
+        // both backends tell the same.
+        if !self.exists(key).await? {
+            return Ok(false);
+        }
+        match self.objects.delete(key).await {
+            Ok(()) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn get_bytes(&self, key: &Path) -> Result<Option<Bytes>> {
@@ -397,6 +520,55 @@ mod tests {
 
             store.put_taglist(&key, &["a".into(), "b".into()]).await.unwrap();
             assert_eq!(store.get_taglist(&key).await.unwrap(), Some(vec!["a".to_string(), "b".to_string()]));
+        }
+    }
+
+    /// Holds, referrers entries and deletes behave the same on every backend.
+    #[tokio::test]
+    async fn holds_referrers_and_deletes_contract() {
+        for (store, _guard) in stores() {
+            let key = RepoKey::new("registry.k8s.io".into(), "a/b".parse().unwrap());
+            let other = RepoKey::new("registry.k8s.io".into(), "a".parse().unwrap());
+            let (blob, m1, m2) = (Digest::of(b"blob"), Digest::of(b"m1"), Digest::of(b"m2"));
+            assert!(!store.is_held(&blob).await.unwrap());
+            store.put_hold(&blob, Class::Published, &key, &m1).await.unwrap();
+            store.put_hold(&blob, Class::Pinned, &other, &m2).await.unwrap();
+            assert!(store.is_held(&blob).await.unwrap());
+            assert!(store.has_hold(&blob, Class::Published, &key, &m1).await.unwrap());
+            assert!(!store.has_hold(&blob, Class::Published, &other, &m1).await.unwrap(), "a nested repo is its own");
+            store.delete_hold(&blob, Class::Published, &key, &m1).await.unwrap();
+            assert!(store.is_held(&blob).await.unwrap(), "still held by the pinned one");
+            store.delete_hold(&blob, Class::Pinned, &other, &m2).await.unwrap();
+            store.delete_hold(&blob, Class::Pinned, &other, &m2).await.unwrap();
+            assert!(!store.is_held(&blob).await.unwrap());
+
+            let subject = Digest::of(b"subject");
+            let entry = |d: &Digest| Referrer {
+                media_type: crate::oci::media::OCI_MANIFEST.into(),
+                digest: d.clone(),
+                size: 3,
+                artifact_type: Some("application/vnd.example".into()),
+                annotations: [("k".to_string(), "v".to_string())].into(),
+            };
+            assert!(store.list_referrers(Class::Published, &key, &subject).await.unwrap().is_empty());
+            store.put_referrer(Class::Published, &key, &subject, &entry(&m1)).await.unwrap();
+            store.put_referrer(Class::Published, &key, &subject, &entry(&m2)).await.unwrap();
+            let listed = store.list_referrers(Class::Published, &key, &subject).await.unwrap();
+            assert_eq!(listed.len(), 2);
+            assert!(listed.contains(&entry(&m1)) && listed.contains(&entry(&m2)));
+            assert!(store.list_referrers(Class::Published, &other, &subject).await.unwrap().is_empty());
+            store.delete_referrer(Class::Published, &key, &subject, &m1).await.unwrap();
+            assert_eq!(store.list_referrers(Class::Published, &key, &subject).await.unwrap(), vec![entry(&m2)]);
+
+            store.put_blob(&blob, Bytes::from_static(b"blob")).await.unwrap();
+            assert!(store.has_blob(&blob).await.unwrap());
+            assert!(store.delete_blob(&blob).await.unwrap());
+            assert!(!store.delete_blob(&blob).await.unwrap(), "already gone");
+            assert!(!store.has_blob(&blob).await.unwrap());
+            let tag: Tag = "v1".parse().unwrap();
+            store.put_tag(Class::Published, &key, &tag, &TagLink { digest: m1.clone(), checked: 0 }).await.unwrap();
+            assert!(store.delete_tag(Class::Published, &key, &tag).await.unwrap());
+            assert!(!store.delete_tag(Class::Published, &key, &tag).await.unwrap());
         }
     }
 

@@ -6,9 +6,20 @@
 //! │                                             before commit, immutable, stored once and
 //! │                                             shared by every repository, upstream and class
 //! ├── manifests/<alg>/<hex[0..2]>/<hex>         manifest record: "<media type>\n" + the
-//! │                                             manifest bytes exactly as upstream sent them
+//! │                                             manifest bytes exactly as upstream (or the
+//! │                                             publisher) sent them
+//! ├── holds/<alg>/<hex[0..2]>/<hex>/            who keeps content <alg>:<hex> (a blob or a
+//! │   └── <class>/<upstream>/<repo…>/           manifest): one empty marker per holder, a
+//! │       └── _by/<alg>-<hex>                   manifest of <class> (published | pinned) in
+//! │                                             <repo>. A manifest holds itself, its config,
+//! │                                             its layers and its child manifests. Written
+//! │                                             before the manifest is stored, removed when it
+//! │                                             is deleted: "may this go?" is one listing
 //! ├── repos/<class>/<upstream>/<repo…>/
 //! │   ├── _tags/<tag>                           tag link: {"digest": …, "checked": unix secs}
+//! │   ├── _referrers/<alg>/<hex>/<alg>-<hex>    referrers index: the descriptor JSON of a
+//! │   │                                         manifest of this class and repository whose
+//! │   │                                         subject is <alg>:<hex> (which need not exist)
 //! │   └── _taglist                              last upstream tags/list answer (class cached)
 //! └── _spool/                                   in-progress fills (filesystem backend only;
 //!     ├── <owner>.lock                          same filesystem, so commit is one rename):
@@ -22,8 +33,9 @@
 //!
 //! Every segment comes from a parsed newtype (`Digest`, `RepoName`, `Tag`) or
 //! a validated upstream name, so none can contain `/`, `..` or `%`, and repo
-//! components never start with `_`, so `_tags`/`_taglist` cannot collide with
-//! a nested repository name.
+//! components never start with `_`, so `_tags`, `_taglist`, `_referrers`
+//! and `_by` cannot collide with a nested repository name. A digest as a
+//! file name is `<alg>-<hex>` (the spec's referrers fallback tag shape).
 
 use object_store::path::Path;
 
@@ -69,6 +81,39 @@ pub fn tag(class: Class, key: &RepoKey, tag: &Tag) -> Path {
     Path::from(format!("{}/_tags/{}", repo(class, key), tag))
 }
 
+/// The directory of everything that holds `content`.
+pub fn holds(content: &Digest) -> Path {
+    let h = content.hex();
+    Path::from(format!("holds/{}/{}/{}", content.algorithm().as_str(), &h[..2], h))
+}
+
+/// The marker "`holder`, a manifest of `class` in `key`, keeps `content`".
+pub fn hold(content: &Digest, class: Class, key: &RepoKey, holder: &Digest) -> Path {
+    Path::from(format!(
+        "{}/{}/{}/{}/_by/{}",
+        holds(content).as_ref(),
+        class.as_str(),
+        key.upstream(),
+        key.repo(),
+        file_name(holder)
+    ))
+}
+
+/// The referrers index of `subject` in one class of a repository.
+pub fn referrers_dir(class: Class, key: &RepoKey, subject: &Digest) -> Path {
+    Path::from(format!("{}/_referrers/{}/{}", repo(class, key), subject.algorithm().as_str(), subject.hex()))
+}
+
+/// One entry of a referrers index: the referrer `referrer` of `subject`.
+pub fn referrer(class: Class, key: &RepoKey, subject: &Digest, referrer: &Digest) -> Path {
+    Path::from(format!("{}/{}", referrers_dir(class, key, subject).as_ref(), file_name(referrer)))
+}
+
+/// A digest as one path segment: `<alg>-<hex>`.
+fn file_name(d: &Digest) -> String {
+    format!("{}-{}", d.algorithm().as_str(), d.hex())
+}
+
 pub fn tags_dir(class: Class, key: &RepoKey) -> Path {
     Path::from(format!("{}/_tags", repo(class, key)))
 }
@@ -104,6 +149,24 @@ mod tests {
         );
         assert_eq!(tags_dir(Class::Pinned, &k).as_ref(), "repos/pinned/registry.k8s.io/kube-apiserver/_tags");
         assert_eq!(taglist(&k).as_ref(), "repos/cached/registry.k8s.io/kube-apiserver/_taglist");
+        let m: Digest = format!("sha512:{}", "ab".repeat(64)).parse().unwrap();
+        let nested = key("ghcr.io", "klts-io/kubernetes-lts/kube-proxy");
+        assert_eq!(holds(&d).as_ref(), format!("holds/sha256/e3/{HEX}"));
+        assert_eq!(
+            hold(&d, Class::Published, &nested, &m).as_ref(),
+            format!(
+                "holds/sha256/e3/{HEX}/published/ghcr.io/klts-io/kubernetes-lts/kube-proxy/_by/sha512-{}",
+                "ab".repeat(64)
+            )
+        );
+        assert_eq!(
+            referrers_dir(Class::Published, &k, &d).as_ref(),
+            format!("repos/published/registry.k8s.io/kube-apiserver/_referrers/sha256/{HEX}")
+        );
+        assert_eq!(
+            referrer(Class::Pinned, &k, &m, &d).as_ref(),
+            format!("repos/pinned/registry.k8s.io/kube-apiserver/_referrers/sha512/{}/sha256-{HEX}", "ab".repeat(64))
+        );
     }
 
     #[test]
@@ -114,5 +177,10 @@ mod tests {
         let p = tag(Class::Cached, &k, &"V_1.2-x".parse().unwrap());
         assert_eq!(Path::parse(p.as_ref()).unwrap(), p);
         assert!(!p.as_ref().contains('%'));
+        let d: Digest = format!("sha256:{HEX}").parse().unwrap();
+        for p in [hold(&d, Class::Published, &k, &d), referrer(Class::Published, &k, &d, &d)] {
+            assert_eq!(Path::parse(p.as_ref()).unwrap(), p);
+            assert!(!p.as_ref().contains('%'));
+        }
     }
 }

@@ -25,6 +25,7 @@ use url::Url;
 
 use self::auth::{Challenge, Credential, TokenCache, TokenResponse};
 use crate::config::{Secret, UpstreamConfig};
+use crate::oci::referrers::{self, Referrer};
 use crate::oci::{media, Digest, Reference, RepoName};
 
 /// At most this many redirects per request (containerd uses the same cap).
@@ -38,6 +39,9 @@ pub const MAX_TOKEN_BYTES: usize = 64 * 1024;
 /// of tags are a few MiB of JSON; the list is held whole in memory (and
 /// kept for `tag_ttl`), so an endless one must not be.
 pub const MAX_TAGS_BYTES: usize = 16 * 1024 * 1024;
+/// Largest referrers list accepted: the size of the largest manifest, which
+/// is what a referrers index is (thousands of descriptors).
+pub const MAX_REFERRERS_BYTES: usize = media::MAX_MANIFEST_BYTES;
 
 /// Why an upstream request failed. Cloneable so one failed fill can be
 /// reported to every waiter.
@@ -337,6 +341,20 @@ impl Upstream {
         let size = resp.content_length();
         let stream = resp.bytes_stream().map_err(transport).boxed();
         Ok(BlobBody { size, stream })
+    }
+
+    /// The referrers of `digest` in `repo` (distribution-spec 1.1), first
+    /// page only. A registry without the referrers API answers 404, which
+    /// is [`Error::NotFound`] like any other.
+    pub async fn referrers(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<Referrer>> {
+        self.deadline("referrers", async {
+            let url = self.url(&format!("v2/{repo}/referrers/{digest}"))?;
+            let resp = Self::check(self.send(Method::GET, url, &Self::scope(repo), Some(media::OCI_INDEX)).await?)?;
+            let too_big = || Error::Invalid(format!("referrers list larger than {MAX_REFERRERS_BYTES} bytes"));
+            let body = read_bounded(resp, MAX_REFERRERS_BYTES, too_big).await?;
+            referrers::parse_index(&body).map_err(|e| Error::Invalid(format!("referrers list: {e}")))
+        })
+        .await
     }
 
     /// The whole tags list, following `Link` pagination, under one deadline

@@ -1,7 +1,8 @@
 //! A fake upstream registry on 127.0.0.1:0 that counts requests and can
 //! misbehave on demand (truncate, corrupt, 500, 429, stall, throttle,
 //! require bearer tokens, redirect blobs to another host, trickle or flood
-//! the token endpoint, flood the tags list).
+//! the token endpoint, flood the tags list). It answers referrers lists it
+//! was given and 404 for others, like a registry without the referrers API.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -62,6 +63,8 @@ pub struct FakeState {
     manifests: Mutex<HashMap<(String, String), (String, Bytes)>>,
     blobs: Mutex<HashMap<String, Bytes>>,
     tags: Mutex<HashMap<String, Vec<String>>>,
+    /// (repo, subject digest) → referrers index body.
+    referrers: Mutex<HashMap<(String, String), Bytes>>,
     pub log: Mutex<Vec<Logged>>,
     pub mode: Mutex<Mode>,
     /// Delay between 64 KiB chunks of blob bodies, to make fills slow.
@@ -106,6 +109,7 @@ impl FakeUpstream {
             manifests: Mutex::default(),
             blobs: Mutex::default(),
             tags: Mutex::default(),
+            referrers: Mutex::default(),
             log: Mutex::default(),
             mode: Mutex::new(Mode::Normal),
             throttle: Mutex::default(),
@@ -186,6 +190,11 @@ impl FakeUpstream {
         let d = digest_of(&data);
         self.state.blobs.lock().unwrap().insert(d.clone(), data);
         d
+    }
+
+    /// Answers `GET /v2/<repo>/referrers/<subject>` with this index body.
+    pub fn add_referrers(&self, repo: &str, subject: &str, index: impl Into<Bytes>) {
+        self.state.referrers.lock().unwrap().insert((repo.to_string(), subject.to_string()), index.into());
     }
 
     /// Stores a manifest under its digest and, if given, a tag.
@@ -348,6 +357,13 @@ async fn route(st: &Arc<FakeState>, method: &Method, path: &str, _headers: &Head
         h.insert("content-length", body.len().into());
         h.insert("docker-content-digest", digest_of(&body).parse().unwrap());
         return r;
+    }
+    if let Some((repo, subject)) = rest.rsplit_once("/referrers/") {
+        let found = st.referrers.lock().unwrap().get(&(repo.to_string(), subject.to_string())).cloned();
+        return match found {
+            Some(body) => ([("content-type", "application/vnd.oci.image.index.v1+json")], body).into_response(),
+            None => error(StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
+        };
     }
     if let Some((_repo, digest)) = rest.rsplit_once("/blobs/") {
         let blob = st.blobs.lock().unwrap().get(digest).cloned();

@@ -159,6 +159,12 @@ impl Env {
         Env { upstream, mirror, url, client, data, stop: Some(stop), _dir: dir }
     }
 
+    /// Another mirror over the same data directory and upstream, running
+    /// beside this one: a second replica sharing the store.
+    pub async fn replica(&self, o: Options) -> Env {
+        Env::on(self.upstream.clone(), self._dir.clone(), o).await
+    }
+
     /// Stops this mirror and starts another over the same data and upstream.
     pub async fn restart(mut self, o: Options) -> Env {
         if let Some(s) = self.stop.take() {
