@@ -12,6 +12,8 @@
 //! [`LOCAL_TAG_RECHECK`], so a publish through another replica is seen
 //! within that bound) and the cached link (write-through).
 
+pub mod uploads;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
