@@ -78,12 +78,9 @@ impl ByteRange {
         (first <= last).then_some(ByteRange { first, last })
     }
 
-    pub fn len(&self) -> u64 {
+    /// Bytes in the range (at least 1).
+    fn len(&self) -> u64 {
         self.last - self.first + 1
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
     }
 }
 

@@ -300,10 +300,17 @@ impl BlobWriter {
     pub async fn commit(mut self) -> Result<bool, WriteError> {
         let digest = self.verified.clone().expect("verify before commit");
         let Some(sink) = self.sink.take() else { return Ok(false) };
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.commit_spool_blocking(&digest, &sink.path, &sink.file))
-            .await
-            .map_err(io::Error::other)??;
+        let (store, len) = (self.store.clone(), self.len);
+        tokio::task::spawn_blocking(move || {
+            // Exactly the verified bytes: a resumed file could hold more
+            // (written past this writer's end by someone else).
+            if sink.file.metadata()?.len() != len {
+                sink.file.set_len(len)?;
+            }
+            store.commit_spool_blocking(&digest, &sink.path, &sink.file)
+        })
+        .await
+        .map_err(io::Error::other)??;
         Ok(true)
     }
 }
@@ -463,6 +470,7 @@ fn unique() -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn a_dead_owner_is_removed_whatever_the_age_and_a_live_one_is_kept() {
@@ -620,11 +628,15 @@ mod tests {
         let h = store.open_blob(&d).await.unwrap().expect("stored");
         assert_eq!(h.size(), data.len() as u64);
 
-        // The running hash is used when it fits the digest.
+        // The running hash is used when it fits the digest, and only the
+        // bytes it covers are committed.
         let mut w = BlobWriter::resume(&store, "t".into(), upload.clone(), open(), 0, Some(Verifier::new()));
         write_all(&mut w, b"abc").await;
-        std::fs::write(&upload, b"xyz").unwrap(); // not read again
-        assert!(w.verify_stored(&Digest::of(b"abc"), Some(3)).await.is_ok());
+        std::fs::OpenOptions::new().append(true).open(&upload).unwrap().write_all(b"trailing").unwrap();
+        let d = Digest::of(b"abc");
+        assert!(w.verify_stored(&d, Some(3)).await.is_ok());
+        assert!(w.commit().await.unwrap());
+        assert_eq!(store.open_blob(&d).await.unwrap().expect("stored").size(), 3);
     }
 
     async fn append_at(w: &mut BlobWriter, start: u64, data: &[u8]) {
