@@ -28,6 +28,8 @@ pub struct Config {
     pub routing: RoutingConfig,
     #[serde(default)]
     pub cache: CacheConfig,
+    #[serde(default)]
+    pub uploads: UploadsConfig,
     /// Without `[auth]` every write is refused and pulls are anonymous.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
@@ -214,6 +216,27 @@ impl Default for CacheConfig {
     }
 }
 
+/// `[uploads]`: blob upload sessions of pushes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadsConfig {
+    /// An upload with no activity for this long is abandoned: its session
+    /// and bytes are removed (by a periodic sweep, and at start-up). Long
+    /// enough for a publisher to resume an interrupted push the next day.
+    #[serde(default = "default_upload_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+fn default_upload_max_age() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+impl Default for UploadsConfig {
+    fn default() -> Self {
+        UploadsConfig { max_age: default_upload_max_age() }
+    }
+}
+
 /// `[auth]`: who may push, and whether pulling needs a user too.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -294,6 +317,7 @@ impl Config {
         for (key, d) in [
             ("server.header_read_timeout", self.server.header_read_timeout),
             ("server.idle_timeout", self.server.idle_timeout),
+            ("uploads.max_age", self.uploads.max_age),
         ] {
             if d.is_zero() {
                 return Err(invalid(key, "must be longer than 0s"));
@@ -409,6 +433,21 @@ aliases = ["k8s.gcr.io"]
         assert_eq!(cfg.server.idle_timeout, Duration::from_secs(60));
         assert_eq!(cfg.server.max_connections, 4096);
         assert!(cfg.auth.is_none() && cfg.tls.is_none(), "shipped with [auth] and [tls] commented out");
+        assert_eq!(cfg.uploads.max_age, Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn uploads_max_age_defaults_to_a_day_and_parses() {
+        let cfg = Config::from_toml(&shipped_with(&["[uploads]", "max_age"])).unwrap();
+        assert_eq!(cfg.uploads.max_age, Duration::from_secs(24 * 3600), "the shipped example is the default");
+        let cfg = Config::from_toml(&format!("{MIN}\n[uploads]\nmax_age = \"90m\"\n")).unwrap();
+        assert_eq!(cfg.uploads.max_age, Duration::from_secs(5400));
+        let e = err(&format!("{MIN}\n[uploads]\nmax_age = \"0s\"\n"));
+        assert!(e.contains("uploads.max_age"), "{e}");
+        let e = err(&format!("{MIN}\n[uploads]\nmax_age = \"a day\"\n"));
+        assert!(e.contains("uploads.max_age"), "{e}");
+        let e = err(&format!("{MIN}\n[uploads]\nmaxage = \"1h\"\n"));
+        assert!(e.contains("maxage"), "{e}");
     }
 
     /// The shipped file with the commented-out lines that start with one

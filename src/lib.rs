@@ -11,7 +11,8 @@
 //!   the one key mapper.
 //! - [`upstream`]: the registry client (tokens, redirects, timeouts).
 //! - [`registry`]: what this site holds (manifests and tags by class, blobs)
-//!   with memory indices; knows nothing of upstreams.
+//!   with memory indices, and blob uploads ([`registry::uploads`]); knows
+//!   nothing of upstreams.
 //! - [`proxy`]: pull-through policy over the registry, single-flight and
 //!   streaming fills; the only module that talks to upstreams.
 //! - [`http`]: the axum edge; the only module that speaks HTTP to clients,
@@ -50,6 +51,7 @@ pub enum StartError {
 pub struct Mirror {
     proxy: Arc<proxy::Proxy>,
     auth: Arc<http::auth::Authenticator>,
+    uploads: Arc<registry::uploads::Uploads>,
     server: config::ServerConfig,
     tls: Option<tls::ServerTls>,
 }
@@ -57,11 +59,22 @@ pub struct Mirror {
 impl Mirror {
     pub fn new(cfg: &Config) -> Result<Mirror, StartError> {
         let store = Arc::new(storage::Store::open(&cfg.storage)?);
+        let uploads = registry::uploads::Uploads::new(store.clone(), cfg.uploads.max_age, cfg.server.idle_timeout);
+        let swept = uploads.sweep_at_start();
+        if swept > 0 {
+            tracing::info!(removed = swept, max_age = ?cfg.uploads.max_age, "removed abandoned uploads");
+        }
         let registry = Arc::new(registry::Registry::new(store, cfg.storage.manifest_memory_bytes));
         let proxy = proxy::Proxy::new(cfg, registry).map_err(|e| StartError::Upstream(e.to_string()))?;
         let auth = http::auth::Authenticator::from_config(cfg.auth.as_ref());
         let tls = cfg.tls.as_ref().and_then(|t| t.server.clone());
-        Ok(Mirror { proxy: Arc::new(proxy), auth: Arc::new(auth), server: cfg.server.clone(), tls })
+        Ok(Mirror {
+            proxy: Arc::new(proxy),
+            auth: Arc::new(auth),
+            uploads: Arc::new(uploads),
+            server: cfg.server.clone(),
+            tls,
+        })
     }
 
     pub fn proxy(&self) -> &Arc<proxy::Proxy> {
@@ -72,22 +85,30 @@ impl Mirror {
         &self.auth
     }
 
+    pub fn uploads(&self) -> &Arc<registry::uploads::Uploads> {
+        &self.uploads
+    }
+
     pub fn router(&self) -> axum::Router {
         http::router(http::AppState {
             proxy: self.proxy.clone(),
             registry: self.proxy.registry().clone(),
             auth: self.auth.clone(),
+            uploads: self.uploads.clone(),
         })
     }
 
     /// Serves on `listener` (HTTPS only, with `[tls]`) until `shutdown`
-    /// completes, then lets requests in progress finish. Bind with
-    /// [`server::bind`] for a deep backlog.
+    /// completes, then lets requests in progress finish. Abandoned uploads
+    /// are swept meanwhile. Bind with [`server::bind`] for a deep backlog.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        server::serve(listener, self.router(), self.server.clone(), self.tls.clone(), shutdown).await
+        let sweeper = tokio::spawn(self.uploads.clone().run_sweeper());
+        let served = server::serve(listener, self.router(), self.server.clone(), self.tls.clone(), shutdown).await;
+        sweeper.abort();
+        served
     }
 }

@@ -76,11 +76,18 @@ async fn with_auth_writes_need_a_valid_user_and_pulls_stay_anonymous() {
         assert_challenged(send(&env, m, path, Some(("mallory", "s3cret"))).await, &format!("{what} unknown user"))
             .await;
         assert_challenged(send(&env, m, path, Some(("alice", ""))).await, &format!("{what} empty password")).await;
-        // A valid user reaches the endpoint: its own answer (these bodiless
-        // writes are refused there), never a challenge.
+        // A valid user reaches the handler: a new upload session, an
+        // unknown one, a bad digest, or a method not offered (yet).
         let r = send(&env, m, path, Some(("alice", "s3cret"))).await;
         assert_ne!(r.status(), 401, "{what}");
         assert!(r.headers().get("www-authenticate").is_none(), "{what}");
+        match (m, path.contains("/blobs/uploads/")) {
+            ("POST", true) => assert_eq!(r.status(), 202, "{what}"),
+            ("PATCH", true) => assert_error(r, 404, "BLOB_UPLOAD_UNKNOWN").await,
+            ("PUT", true) => assert_error(r, 400, "DIGEST_INVALID").await,
+            ("PUT", false) => assert_error(r, 400, "MANIFEST_INVALID").await,
+            _ => assert_error(r, 404, "MANIFEST_UNKNOWN").await,
+        }
     }
     let r = send(&env, "DELETE", "/v2/pause/manifests/3.9", Some(("bob", "hunter2"))).await;
     // Every user in the file gets through (nothing was published to delete).
@@ -152,7 +159,7 @@ async fn fifty_authenticated_requests_cost_one_bcrypt_round() {
         })
         .collect();
     for t in tasks {
-        assert_eq!(t.await.unwrap(), 405);
+        assert_eq!(t.await.unwrap(), 202, "each starts an upload");
     }
     assert_eq!(auth.bcrypt_verifications(), 2);
 

@@ -112,6 +112,7 @@ const SHORT: Options = Options {
     credentials: None,
     upstream_url: None,
     server: Some("header_read_timeout = \"1s\"\nidle_timeout = \"3s\""),
+    uploads: None,
     htpasswd: None,
     anonymous_pull: None,
     tls: None,

@@ -172,11 +172,12 @@ impl ApiError {
             }
             R::UploadUnknown => ApiError::new(ErrorCode::BlobUploadUnknown, "upload unknown"),
             e @ R::UploadInvalid(_) => ApiError::new(ErrorCode::BlobUploadInvalid, "upload invalid").cause(e),
+            // The spec's `Range: 0-<last>` (no unit), as on every answer
+            // that tells where an upload stands.
             R::RangeInvalid { current } => {
-                let range = if current == 0 { "bytes=0-0".to_string() } else { format!("bytes=0-{}", current - 1) };
                 ApiError::new(ErrorCode::BlobUploadInvalid, "chunk does not start where the upload stands")
                     .status(StatusCode::RANGE_NOT_SATISFIABLE)
-                    .header(header::RANGE, range)
+                    .header(header::RANGE, super::headers::upload_range(current))
             }
             e @ R::Unsupported(_) => {
                 ApiError::new(ErrorCode::Unsupported, "refused by this registry's policy").cause(e)
@@ -337,6 +338,22 @@ mod tests {
         let e = ApiError::from_proxy(proxy::Error::Routing(unknown), Subject::Manifest);
         assert_eq!(e.detail.unwrap().len(), MAX_DETAIL_CHARS);
         assert!(e.message.len() < 100, "the message is fixed text: {}", e.message);
+    }
+
+    #[test]
+    fn registry_errors_of_uploads() {
+        use registry::Error as R;
+        let r = |e| status_code(ApiError::from_registry(e));
+        assert_eq!(r(R::UploadUnknown), (404, "BLOB_UPLOAD_UNKNOWN"));
+        assert_eq!(r(R::DigestInvalid("x".into())), (400, "DIGEST_INVALID"));
+        assert_eq!(r(R::SizeInvalid { message: "x".into(), too_large: false }), (400, "SIZE_INVALID"));
+        assert_eq!(r(R::UploadInvalid("x".into())), (400, "BLOB_UPLOAD_INVALID"));
+        assert_eq!(r(R::BlobUnknown), (404, "BLOB_UNKNOWN"));
+        let e = ApiError::from_registry(R::RangeInvalid { current: 1024 });
+        assert_eq!((e.status.as_u16(), e.code.as_str()), (416, "BLOB_UPLOAD_INVALID"));
+        assert_eq!(e.into_response().headers()[header::RANGE], "0-1023");
+        let e = ApiError::from_registry(R::RangeInvalid { current: 0 });
+        assert_eq!(e.into_response().headers()[header::RANGE], "0-0");
     }
 
     #[test]

@@ -9,6 +9,15 @@ use crate::proxy::CacheStatus;
 pub const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 pub const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+pub const DOCKER_UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
+
+/// The `Range` of an upload session that holds `offset` bytes:
+/// `0-<last byte>`, without distribution-spec's unit, and `0-0` before the
+/// first byte (as distribution sends; clients read it as "continue at 0"
+/// only together with their own count, which the spec leaves ambiguous).
+pub fn upload_range(offset: u64) -> String {
+    format!("0-{}", offset.saturating_sub(1))
+}
 
 /// Sets a header built from text that is not known to be a valid header
 /// value (upstream media types, values derived from input). A value that
@@ -52,6 +61,13 @@ pub fn insert_media_type(h: &mut HeaderMap, m: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upload_ranges_name_the_last_byte() {
+        assert_eq!(upload_range(0), "0-0");
+        assert_eq!(upload_range(1), "0-0");
+        assert_eq!(upload_range(1024), "0-1023");
+    }
 
     #[test]
     fn unrepresentable_values_are_left_out_not_replaced() {

@@ -40,6 +40,7 @@ use self::headers::API_VERSION;
 use crate::oci::route::{self, V2Route};
 use crate::oci::RepoName;
 use crate::proxy::Proxy;
+use crate::registry::uploads::Uploads;
 use crate::registry::Registry;
 
 /// What every request is served with.
@@ -48,6 +49,7 @@ pub struct AppState {
     pub proxy: Arc<Proxy>,
     pub registry: Arc<Registry>,
     pub auth: Arc<Authenticator>,
+    pub uploads: Arc<Uploads>,
 }
 
 pub fn router(app: AppState) -> Router {

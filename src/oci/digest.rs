@@ -177,13 +177,16 @@ impl<'de> serde::Deserialize<'de> for Digest {
     }
 }
 
+#[derive(Clone)]
 enum Hasher {
     Sha256(Sha256),
     Sha512(Box<Sha512>),
 }
 
 /// Incremental hashing over a stream of chunks, compared against the digest
-/// the bytes were requested by.
+/// the bytes were requested by. Cloning keeps the state so far: an upload
+/// keeps a copy to fall back on when a chunk fails half-way.
+#[derive(Clone)]
 pub struct Verifier {
     hasher: Hasher,
     len: u64,
@@ -225,6 +228,13 @@ impl Verifier {
     /// Bytes hashed so far.
     pub fn len(&self) -> u64 {
         self.len
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        match self.hasher {
+            Hasher::Sha256(_) => Algorithm::Sha256,
+            Hasher::Sha512(_) => Algorithm::Sha512,
+        }
     }
 
     pub fn is_empty(&self) -> bool {

@@ -18,6 +18,8 @@
 pub mod publish;
 pub mod referrers;
 
+pub mod uploads;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -12,6 +12,7 @@
 pub mod blob_file;
 pub mod paths;
 pub mod spool;
+pub mod uploads;
 
 use std::io;
 use std::path::{Path as FsPath, PathBuf};
@@ -125,6 +126,10 @@ pub struct Store {
     local_root: Option<PathBuf>,
     /// This process's own spool directory (fills stream through it).
     spool: spool::SpoolDir,
+    /// Push upload sessions: beside the blobs on the filesystem backend
+    /// (same filesystem, so a commit is one rename), inside the spool root
+    /// for the memory backend.
+    uploads: uploads::UploadDir,
 }
 
 impl Store {
@@ -139,15 +144,19 @@ impl Store {
                 let spool_root = cfg.spool_path.clone().unwrap_or_else(|| root.join(paths::SPOOL_DIR));
                 probe_writable(&spool_root).map_err(|e| unusable(&spool_root, e))?;
                 let spool = spool::SpoolDir::claim(&spool_root).map_err(|e| unusable(&spool_root, e))?;
+                let uploads_root = root.join(paths::UPLOADS_DIR);
+                let uploads = uploads::UploadDir::open(uploads_root.clone()).map_err(|e| unusable(&uploads_root, e))?;
                 let objects = LocalFileSystem::new_with_prefix(&root).map_err(io::Error::other)?;
-                Ok(Store { objects: Arc::new(objects), local_root: Some(root), spool })
+                Ok(Store { objects: Arc::new(objects), local_root: Some(root), spool, uploads })
             }
             Backend::Memory => {
                 let spool_root =
                     cfg.spool_path.clone().unwrap_or_else(|| std::env::temp_dir().join("klts-mirror-spool"));
                 probe_writable(&spool_root).map_err(|e| unusable(&spool_root, e))?;
                 let spool = spool::SpoolDir::claim(&spool_root).map_err(|e| unusable(&spool_root, e))?;
-                Ok(Store { objects: Arc::new(InMemory::new()), local_root: None, spool })
+                let uploads_root = spool_root.join(paths::UPLOADS_DIR);
+                let uploads = uploads::UploadDir::open(uploads_root.clone()).map_err(|e| unusable(&uploads_root, e))?;
+                Ok(Store { objects: Arc::new(InMemory::new()), local_root: None, spool, uploads })
             }
         }
     }
@@ -180,6 +189,11 @@ impl Store {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Push upload sessions (blocking file I/O: use from the blocking pool).
+    pub fn uploads(&self) -> &uploads::UploadDir {
+        &self.uploads
     }
 
     /// Creates an empty spool file for a new fill.

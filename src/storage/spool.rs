@@ -10,6 +10,14 @@
 //! through, and simply has nothing to commit. Dropping a writer that was
 //! not committed removes its file.
 //!
+//! A push upload spans many requests and may outlive the process, so its
+//! bytes wait in a file of the upload store (`storage::uploads`) instead:
+//! [`BlobWriter::resume`] continues such a file at its end, with the
+//! running hash when this process still has it. Dropping that writer keeps
+//! the file (the upload store owns it), and [`BlobWriter::verify_stored`]
+//! hashes the file again when the running hash is missing or of another
+//! algorithm than the digest finally named.
+//!
 //! # Spool files
 //! Spool files are where bytes wait while they are hashed, before they
 //! become a blob (or are thrown away).
@@ -20,7 +28,8 @@
 //! ```text
 //! <spool root>/
 //! ├── <owner>.lock        flock(LOCK_EX) held by the owning process
-//! └── <owner>/<n>         that process's spool files
+//! ├── <owner>/<n>         that process's spool files
+//! └── _<name>/            not spool files (the memory backend's uploads): never touched here
 //! ```
 //!
 //! At start-up every owner whose lock can be taken is dead, so its whole
@@ -30,9 +39,9 @@
 //! holder dies, `kill -9` included, so no stale lock survives a crash.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,7 +50,7 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 
 use super::Store;
-use crate::oci::{Digest, Verifier};
+use crate::oci::{Algorithm, Digest, Verifier};
 
 /// Bytes received together, starting at offset `start` of the blob. Shared
 /// (`Arc`) between the write job, the hash job and, for fills, readers
@@ -96,24 +105,34 @@ struct Sink {
 /// Bytes on their way to becoming one blob (see the module doc).
 pub struct BlobWriter {
     store: Arc<Store>,
-    /// What the bytes should hash to (for logs; `verify` checks it).
-    expected: Digest,
+    /// What the bytes are for (the expected digest, or the upload), for logs.
+    label: String,
     /// `None` when there is no spool file, or writing it failed: the
     /// writer only hashes.
     sink: Option<Sink>,
-    /// A path to remove on drop, even after the sink failed.
+    /// A path to remove on drop, even after the sink failed (`None` for an
+    /// upload's file, which the upload store owns).
     leftover: Option<PathBuf>,
-    /// Here whenever no batch is in flight; travels into each hash job.
+    /// The running hash of bytes `0..len`. Here whenever no batch is in
+    /// flight (it travels into each hash job), except in a resumed writer
+    /// whose earlier bytes were hashed by a process that is gone.
     verifier: Option<Verifier>,
+    /// Whether batches are hashed as they pass (see `verifier`).
+    hashing: bool,
+    /// Offset just past the last batch started.
+    len: u64,
     /// The digest the bytes matched, once verified.
     verified: Option<Digest>,
 }
 
 /// The blocking jobs of one batch, started by [`BlobWriter::start`].
 pub struct Pending {
-    hash: JoinHandle<Verifier>,
+    hash: Option<JoinHandle<Verifier>>,
     write: Option<JoinHandle<io::Result<()>>>,
 }
+
+/// Bytes read at once when a file is hashed again.
+const REHASH_READ: usize = 1024 * 1024;
 
 impl BlobWriter {
     /// A writer for a blob expected to hash to `expected` (its algorithm is
@@ -129,10 +148,36 @@ impl BlobWriter {
         };
         BlobWriter {
             store: store.clone(),
-            expected: expected.clone(),
+            label: expected.to_string(),
             sink,
             leftover,
             verifier: Some(Verifier::for_digest(expected)),
+            hashing: true,
+            len: 0,
+            verified: None,
+        }
+    }
+
+    /// A writer that continues `file` (at `path`, holding `len` bytes so
+    /// far) with its running hash, if there is one. The file is not
+    /// removed on drop: whoever opened it owns it. `label` names it in logs.
+    pub fn resume(
+        store: &Arc<Store>,
+        label: String,
+        path: PathBuf,
+        file: Arc<File>,
+        len: u64,
+        verifier: Option<Verifier>,
+    ) -> BlobWriter {
+        let hashing = verifier.as_ref().is_some_and(|v| v.len() == len);
+        BlobWriter {
+            store: store.clone(),
+            label,
+            sink: Some(Sink { path, file }),
+            leftover: None,
+            verifier: verifier.filter(|_| hashing),
+            hashing,
+            len,
             verified: None,
         }
     }
@@ -147,23 +192,35 @@ impl BlobWriter {
         self.sink.is_some()
     }
 
-    /// Starts writing and hashing `batch`: two short blocking jobs side by
-    /// side. `written` runs on the writing thread right after the write,
-    /// with whether it succeeded (never called when there is no file).
-    /// Call [`BlobWriter::finish`] before starting the next batch.
+    /// Starts writing and hashing `batch`, which must start where the
+    /// previous one ended: two short blocking jobs side by side. `written`
+    /// runs on the writing thread right after the write, with whether it
+    /// succeeded (never called when there is no file). Call
+    /// [`BlobWriter::finish`] before starting the next batch.
     pub fn start(&mut self, batch: Arc<Batch>, written: impl FnOnce(bool) + Send + 'static) -> Pending {
-        let mut verifier = self.verifier.take().expect("finish the previous batch first");
-        let b = batch.clone();
-        let hash = tokio::task::spawn_blocking(move || {
-            for chunk in &b.chunks {
-                verifier.update(chunk);
-            }
-            verifier
+        debug_assert_eq!(batch.start, self.len, "batches are contiguous");
+        self.len = batch.end();
+        let hash = self.hashing.then(|| {
+            let mut verifier = self.verifier.take().expect("finish the previous batch first");
+            let b = batch.clone();
+            tokio::task::spawn_blocking(move || {
+                for chunk in &b.chunks {
+                    verifier.update(chunk);
+                }
+                verifier
+            })
         });
         let write = self.sink.as_ref().map(|sink| {
             let file = sink.file.clone();
             tokio::task::spawn_blocking(move || {
-                let r = batch.chunks.iter().try_for_each(|chunk| (&*file).write_all(chunk));
+                // Positional: a resumed file is written at its end whatever
+                // its cursor, and a retried chunk overwrites a failed one.
+                let mut at = batch.start;
+                let r = batch.chunks.iter().try_for_each(|chunk| {
+                    file.write_all_at(chunk, at)?;
+                    at += chunk.len() as u64;
+                    Ok(())
+                });
                 written(r.is_ok());
                 r
             })
@@ -177,25 +234,36 @@ impl BlobWriter {
     pub async fn finish(&mut self, p: Pending) -> Result<(), tokio::task::JoinError> {
         if let Some(w) = p.write {
             if let Err(e) = w.await? {
-                tracing::warn!(digest = %self.expected, error = %e, "spool write failed; the blob will not be kept");
+                tracing::warn!(blob = %self.label, error = %e, "spool write failed; the blob will not be kept");
                 self.sink = None;
             }
         }
-        self.verifier = Some(p.hash.await?);
+        if let Some(h) = p.hash {
+            self.verifier = Some(h.await?);
+        }
         Ok(())
     }
 
-    /// Bytes hashed so far (with no batch in flight).
+    /// Bytes so far (offset just past the last batch started).
     pub fn len(&self) -> u64 {
-        self.verifier.as_ref().map_or(0, Verifier::len)
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// The running hash of every byte so far, if this writer has one (with
+    /// no batch in flight): an upload keeps it between requests.
+    pub fn take_verifier(&mut self) -> Option<Verifier> {
+        self.hashing = false;
+        self.verifier.take()
+    }
+
     /// Checks everything written against `expected` (and the announced
-    /// size, if any). Call once, with no batch in flight.
+    /// size, if any). Call once, with no batch in flight, on a writer that
+    /// hashed every byte with `expected`'s algorithm (else see
+    /// [`BlobWriter::verify_stored`]).
     pub fn verify(&mut self, expected: &Digest, size: Option<u64>) -> Result<u64, WriteError> {
         let verifier = self.verifier.take().expect("no batch in flight");
         let got = verifier.len();
@@ -210,17 +278,59 @@ impl BlobWriter {
         Ok(got)
     }
 
+    /// [`BlobWriter::verify`] for any writer with every byte in its file:
+    /// when the running hash is missing (an upload continued after a
+    /// restart) or of another algorithm (one finished as sha512), the file
+    /// is hashed again from its first byte, on the blocking pool.
+    pub async fn verify_stored(&mut self, expected: &Digest, size: Option<u64>) -> Result<u64, WriteError> {
+        let alg = expected.algorithm();
+        if !self.verifier.as_ref().is_some_and(|v| v.algorithm() == alg && v.len() == self.len) {
+            let file = self.sink.as_ref().map(|s| s.file.clone()).ok_or_else(|| {
+                WriteError::Io(io::Error::other("the bytes are not all in the file; cannot hash them again"))
+            })?;
+            let len = self.len;
+            let v = tokio::task::spawn_blocking(move || rehash(&file, len, alg)).await.map_err(io::Error::other)??;
+            self.verifier = Some(v);
+        }
+        self.verify(expected, size)
+    }
+
     /// Makes the verified bytes the blob. Returns `false` (and keeps
     /// nothing) when they are not all in the spool file.
     pub async fn commit(mut self) -> Result<bool, WriteError> {
         let digest = self.verified.clone().expect("verify before commit");
         let Some(sink) = self.sink.take() else { return Ok(false) };
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.commit_spool_blocking(&digest, &sink.path, &sink.file))
-            .await
-            .map_err(io::Error::other)??;
+        let (store, len) = (self.store.clone(), self.len);
+        tokio::task::spawn_blocking(move || {
+            // Exactly the verified bytes: a resumed file could hold more
+            // (written past this writer's end by someone else).
+            if sink.file.metadata()?.len() != len {
+                sink.file.set_len(len)?;
+            }
+            store.commit_spool_blocking(&digest, &sink.path, &sink.file)
+        })
+        .await
+        .map_err(io::Error::other)??;
         Ok(true)
     }
+}
+
+/// The hash of the first `len` bytes of `file`, read with positional reads
+/// (blocking).
+fn rehash(file: &File, len: u64, alg: Algorithm) -> io::Result<Verifier> {
+    let mut v = Verifier::with(alg);
+    let mut buf = vec![0u8; REHASH_READ];
+    let mut pos = 0u64;
+    while pos < len {
+        let want = (len - pos).min(REHASH_READ as u64) as usize;
+        let n = file.read_at(&mut buf[..want], pos)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file is shorter than its bytes so far"));
+        }
+        v.update(&buf[..n]);
+        pos += n as u64;
+    }
+    Ok(v)
 }
 
 impl Drop for BlobWriter {
@@ -291,13 +401,17 @@ impl SpoolDir {
 }
 
 /// Deletes every owner directory under `root` whose lock nobody holds, and
-/// any loose file left by an older layout.
+/// any loose file left by an older layout. Names starting with `_` are not
+/// spool files (owner names never do) and are left alone.
 fn remove_dead_owners(root: &Path) {
     let Ok(entries) = std::fs::read_dir(root) else { return };
     for e in entries.flatten() {
         let path = e.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
         let Ok(kind) = e.file_type() else { continue };
+        if name.starts_with('_') {
+            continue;
+        }
         if let Some(owner) = name.strip_suffix(".lock") {
             let Ok(lock) = OpenOptions::new().read(true).write(true).open(&path) else { continue };
             if flock(&lock, libc::LOCK_EX | libc::LOCK_NB).is_err() {
@@ -356,6 +470,7 @@ fn unique() -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn a_dead_owner_is_removed_whatever_the_age_and_a_live_one_is_kept() {
@@ -370,11 +485,15 @@ mod tests {
         drop(dead); // releases the flock, as a crash would
                     // A loose file from the flat layout.
         std::fs::write(root.path().join("123-4-5"), b"old").unwrap();
+        // Not spool files: the memory backend's uploads live here.
+        std::fs::create_dir_all(root.path().join("_uploads/abc")).unwrap();
+        std::fs::write(root.path().join("_uploads/abc/data"), b"kept").unwrap();
 
         let third = SpoolDir::claim(root.path()).unwrap();
         assert!(!dead_file.exists() && !dead_dir.exists(), "a dead owner's files are gone at once");
         assert!(live_file.exists(), "a live owner's files are kept");
         assert!(!root.path().join("123-4-5").exists());
+        assert!(root.path().join("_uploads/abc/data").exists(), "names starting with _ are not touched");
         assert!(third.path().exists());
         let locks = std::fs::read_dir(root.path())
             .unwrap()
@@ -462,6 +581,68 @@ mod tests {
         drop(w);
         assert!(store.open_blob(&d).await.unwrap().is_none());
         assert_eq!(spool_entries(dir.path()), 0, "thrown away on drop");
+    }
+
+    /// An upload's file, continued by writers of several requests (and of
+    /// a process that lost the running hash), verified and committed.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_resumed_file_is_continued_verified_and_committed() {
+        let (store, dir) = store();
+        let data: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+        let upload = dir.path().join("upload-data");
+        let open =
+            || Arc::new(OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&upload).unwrap());
+        let resume = |len, v| BlobWriter::resume(&store, "upload test".into(), upload.clone(), open(), len, v);
+
+        // First request: from nothing, with a running sha256.
+        let mut w = resume(0, Some(Verifier::new()));
+        write_all(&mut w, &data[..250_000]).await;
+        let running = w.take_verifier();
+        drop(w);
+        assert_eq!(std::fs::metadata(&upload).unwrap().len(), 250_000, "kept on drop: the upload owns it");
+
+        // Second request: continues at 250 000 with the running hash.
+        let mut w = resume(250_000, running);
+        append_at(&mut w, 250_000, &data[250_000..400_000]).await;
+        let running = w.take_verifier();
+        assert_eq!(running.as_ref().map(Verifier::len), Some(400_000));
+        drop(w);
+
+        // A running hash that does not cover the file is not used.
+        let stale = Some(Verifier::new());
+        let w = resume(400_000, stale);
+        assert!(!w.hashing);
+        drop(w);
+
+        // After a restart (no running hash): the rest, then sha512 asked
+        // for, so the file is hashed again.
+        let mut w = resume(400_000, None);
+        append_at(&mut w, 400_000, &data[400_000..]).await;
+        let wrong = Digest::of_with(crate::oci::Algorithm::Sha512, b"other bytes");
+        assert!(matches!(w.verify_stored(&wrong, None).await, Err(WriteError::DigestMismatch { .. })));
+        let mut w = resume(data.len() as u64, None);
+        let d = Digest::of_with(crate::oci::Algorithm::Sha512, &data);
+        assert_eq!(w.verify_stored(&d, Some(data.len() as u64)).await.unwrap(), data.len() as u64);
+        assert!(w.commit().await.unwrap());
+        assert!(!upload.exists(), "renamed into the blob");
+        let h = store.open_blob(&d).await.unwrap().expect("stored");
+        assert_eq!(h.size(), data.len() as u64);
+
+        // The running hash is used when it fits the digest, and only the
+        // bytes it covers are committed.
+        let mut w = BlobWriter::resume(&store, "t".into(), upload.clone(), open(), 0, Some(Verifier::new()));
+        write_all(&mut w, b"abc").await;
+        std::fs::OpenOptions::new().append(true).open(&upload).unwrap().write_all(b"trailing").unwrap();
+        let d = Digest::of(b"abc");
+        assert!(w.verify_stored(&d, Some(3)).await.is_ok());
+        assert!(w.commit().await.unwrap());
+        assert_eq!(store.open_blob(&d).await.unwrap().expect("stored").size(), 3);
+    }
+
+    async fn append_at(w: &mut BlobWriter, start: u64, data: &[u8]) {
+        let batch = Arc::new(Batch { start, chunks: vec![Bytes::copy_from_slice(data)] });
+        let p = w.start(batch, |_| {});
+        w.finish(p).await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread")]

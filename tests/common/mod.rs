@@ -39,6 +39,8 @@ pub struct Options {
     pub upstream_url: Option<String>,
     /// The body of a `[server]` table (connection limits and timeouts).
     pub server: Option<&'static str>,
+    /// The body of an `[uploads]` table (`max_age`).
+    pub uploads: Option<&'static str>,
     /// `auth.htpasswd`: with it the mirror has an `[auth]` table (see
     /// [`write_htpasswd`]); without it, no users and no writes.
     pub htpasswd: Option<PathBuf>,
@@ -60,6 +62,7 @@ impl Default for Options {
             credentials: None,
             upstream_url: None,
             server: None,
+            uploads: None,
             htpasswd: None,
             anonymous_pull: None,
             tls: None,
@@ -103,6 +106,9 @@ offline = {offline}
         creds =
             o.credentials.map(|(u, env)| format!("username = \"{u}\"\npassword_env = \"{env}\"")).unwrap_or_default(),
     );
+    if let Some(u) = o.uploads {
+        text += &format!("[uploads]\n{u}\n");
+    }
     if let Some(p) = &o.htpasswd {
         text += &format!("[auth]\nhtpasswd = \"{}\"\n", p.display());
         if let Some(a) = o.anonymous_pull {
