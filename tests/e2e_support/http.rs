@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
-use reqwest::Method;
+pub use reqwest::Method;
 
 /// Accept header containerd sends when resolving a tag; mirrors must answer it
 /// with the index as stored upstream (no conversion).
@@ -57,6 +57,19 @@ impl Http {
 
     pub fn head(&self, url: &str, accept: Option<&str>) -> Response {
         self.send(Method::HEAD, url, accept)
+    }
+
+    /// A request with Basic credentials and an optional body (publishing:
+    /// manifest PUTs and DELETEs).
+    pub fn send_as(&self, method: Method, url: &str, user: (&str, &str), body: Option<(&str, Vec<u8>)>) -> Response {
+        self.rt.block_on(async {
+            let mut req = self.client.request(method.clone(), url).basic_auth(user.0, Some(user.1));
+            if let Some((content_type, bytes)) = body {
+                req = req.header("Content-Type", content_type).body(bytes);
+            }
+            let resp = req.send().await.unwrap_or_else(|e| panic!("{method} {url} failed: {e}"));
+            read(resp).await.unwrap_or_else(|e| panic!("{method} {url}: reading body failed: {e}"))
+        })
     }
 
     /// Like [`Http::get`] but returns `None` on connection errors, for

@@ -6,6 +6,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::http::Http;
+
+/// Whether something accepts TCP connections on 127.0.0.1:`port` (readiness
+/// of an HTTPS listener, which the plain client cannot ask).
+pub fn accepts(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
 use super::process::{free_port, ChildGuard};
 use super::toml_str;
 
@@ -21,9 +27,30 @@ impl Mirror {
     /// Writes the mirror config under `dir` and starts
     /// `klts-mirror serve --config <file> --listen 127.0.0.1:<port>`.
     pub fn start(dir: &Path, http: &Http, upstream_port: u16, default_upstream: &str) -> Self {
+        Self::start_with(dir, upstream_port, default_upstream, "", |port| {
+            let url = format!("http://127.0.0.1:{port}/v2/");
+            http.try_get(&url).is_some_and(|r| r.status == 200)
+        })
+    }
+
+    /// Like [`Mirror::start`] with `extra` appended to the config (tables
+    /// such as `[auth]` or `[tls]`) and `ready(port)` deciding when it is up.
+    pub fn start_with(
+        dir: &Path,
+        upstream_port: u16,
+        default_upstream: &str,
+        extra: &str,
+        mut ready: impl FnMut(u16) -> bool,
+    ) -> Self {
         std::fs::create_dir_all(dir).expect("create mirror dir");
         let config = dir.join("config.toml");
-        std::fs::write(&config, mirror_config(dir, upstream_port, default_upstream)).expect("write mirror config");
+        let text = format!(
+            "{}
+{extra}
+",
+            mirror_config(dir, upstream_port, default_upstream)
+        );
+        std::fs::write(&config, text).expect("write mirror config");
         let port = free_port();
         let mut guard = ChildGuard::spawn(
             "klts-mirror",
@@ -37,8 +64,7 @@ impl Mirror {
                 .arg(format!("127.0.0.1:{port}")),
             &dir.join("mirror.stderr.log"),
         );
-        let url = format!("http://127.0.0.1:{port}/v2/");
-        guard.wait_ready(STARTUP_TIMEOUT, || http.try_get(&url).is_some_and(|r| r.status == 200));
+        guard.wait_ready(STARTUP_TIMEOUT, || ready(port));
         Mirror { port, guard }
     }
 

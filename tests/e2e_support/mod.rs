@@ -1,8 +1,11 @@
-//! Shared harness for the end-to-end test in `tests/e2e.rs`.
+//! Shared harness for the end-to-end tests (`tests/e2e.rs`, `tests/e2e_publish.rs`).
 //!
 //! Every piece drives a real tool (Debian's `docker-registry`, `skopeo`,
 //! `containerd`/`ctr`) against 127.0.0.1 only, so the test proves the mirror
 //! works with the clients kubeadm, dockerd and containerd users actually run.
+
+// Each test binary uses a part of the harness.
+#![allow(dead_code)]
 
 pub mod containerd;
 pub mod http;

@@ -44,6 +44,70 @@ pub fn push_all(work: &Path, src: &str, dest: &str) -> ToolOutput {
     )
 }
 
+/// How skopeo reaches a mirror that publishes: credentials, and the CA of
+/// its HTTPS certificate (verified) or plain HTTP.
+pub struct Publisher<'a> {
+    pub creds: Option<&'a str>,
+    /// Directory holding `ca.crt`; `None`: plain HTTP, no TLS verification.
+    pub cert_dir: Option<&'a Path>,
+}
+
+impl Publisher<'_> {
+    fn tls_args(&self, cmd: &mut Command, side: &str) {
+        match self.cert_dir {
+            Some(dir) => {
+                cmd.arg(format!("--{side}-cert-dir")).arg(dir).arg(format!("--{side}-tls-verify=true"));
+            }
+            None => {
+                cmd.arg(format!("--{side}-tls-verify=false"));
+            }
+        }
+    }
+}
+
+/// `skopeo copy --all --preserve-digests` into a publishing mirror; the
+/// output is returned whether or not skopeo succeeded (refusals are tested).
+pub fn publish_all(work: &Path, src: &str, dest: &str, p: &Publisher) -> std::process::Output {
+    let mut cmd = skopeo(work);
+    cmd.arg("copy").arg("--all").arg("--preserve-digests");
+    p.tls_args(&mut cmd, "dest");
+    if let Some(c) = p.creds {
+        cmd.arg("--dest-creds").arg(c);
+    }
+    cmd.arg(src).arg(dest).output().expect("run skopeo")
+}
+
+/// `skopeo inspect --raw` digest through a mirror reached as `p` says.
+pub fn inspect_raw_digest_with(work: &Path, reference: &str, p: &Publisher) -> String {
+    let mut cmd = skopeo(work);
+    cmd.arg("inspect").arg("--raw");
+    match p.cert_dir {
+        Some(dir) => cmd.arg("--cert-dir").arg(dir).arg("--tls-verify=true"),
+        None => cmd.arg("--tls-verify=false"),
+    };
+    if let Some(c) = p.creds {
+        cmd.arg("--creds").arg(c);
+    }
+    let out = run_tool(&format!("skopeo inspect --raw docker://{reference}"), cmd.arg(format!("docker://{reference}")));
+    sha256_digest(&out.stdout)
+}
+
+/// `skopeo copy --all docker://<reference> dir:<out>` through a mirror
+/// reached as `p` says; returns the digest of the copied index.
+pub fn pull_all_with(work: &Path, reference: &str, out: &Path, p: &Publisher) -> String {
+    let mut cmd = skopeo(work);
+    cmd.arg("copy").arg("--all").arg("--preserve-digests");
+    p.tls_args(&mut cmd, "src");
+    if let Some(c) = p.creds {
+        cmd.arg("--src-creds").arg(c);
+    }
+    run_tool(
+        &format!("skopeo copy --all docker://{reference}"),
+        cmd.arg(format!("docker://{reference}")).arg(format!("dir:{}", out.display())),
+    );
+    sha256_digest(&std::fs::read(out.join("manifest.json")).expect("manifest.json"))
+}
+
 /// A multi-arch pull into a `dir:` directory.
 pub struct PulledImage {
     pub dir: PathBuf,
