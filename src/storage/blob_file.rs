@@ -66,6 +66,13 @@ impl Pool {
         Some(Vec::with_capacity(LARGE_READ))
     }
 
+    /// Whether a large buffer could be had right now (a hint: another
+    /// stream may take it first, and `take` then answers `None`).
+    fn has_large(&self) -> bool {
+        !self.free.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+            || *self.lent.lock().unwrap_or_else(|p| p.into_inner()) < LARGE_BUFFERS
+    }
+
     fn give_back(&self, mut b: Vec<u8>) {
         b.clear();
         self.free.lock().unwrap_or_else(|p| p.into_inner()).push(b);
@@ -115,14 +122,15 @@ fn read_with(pool: &'static Pool, file: &std::fs::File, offset: u64, max: usize)
     Ok(Bytes::from(buf))
 }
 
-/// Appends exactly `len` bytes read at `offset` to the empty `buf`.
+/// Fills `buf` up to exactly `len` bytes with the file's bytes from
+/// `offset` on (`buf` may already hold the first part, from a
+/// [`try_fill_cached`]).
 ///
 /// The kernel writes straight into the buffer's spare capacity: zeroing it
 /// first would cost a memset per byte served.
 fn fill_exact(file: &std::fs::File, offset: u64, len: usize, buf: &mut Vec<u8>) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    debug_assert!(buf.is_empty());
-    buf.reserve_exact(len);
+    buf.reserve_exact(len - buf.len());
     while buf.len() < len {
         let filled = buf.len();
         let at = offset + filled as u64;
@@ -147,8 +155,59 @@ fn fill_exact(file: &std::fs::File, offset: u64, len: usize, buf: &mut Vec<u8>) 
     Ok(())
 }
 
-/// Reads up to `max` bytes at `offset` on the blocking pool.
+/// Reads what the page cache already holds of `len` bytes at `offset` into
+/// `buf`, without ever waiting for the disk (`RWF_NOWAIT`): a copy of a few
+/// microseconds, cheap enough for the async thread. Returns whether `buf`
+/// holds all `len` bytes; on `false` the rest must be read from the
+/// blocking pool (not cached, or a filesystem without `RWF_NOWAIT`).
+#[cfg(target_os = "linux")]
+fn try_fill_cached(file: &std::fs::File, offset: u64, len: usize, buf: &mut Vec<u8>) -> bool {
+    use std::os::fd::AsRawFd;
+    buf.reserve_exact(len - buf.len());
+    while buf.len() < len {
+        let filled = buf.len();
+        let spare = &mut buf.spare_capacity_mut()[..len - filled];
+        let iov = libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len() };
+        // SAFETY: preadv2 writes at most `iov_len` bytes into memory we own
+        // (the buffer's spare capacity) and reports how many it wrote; only
+        // those bytes are marked initialised below.
+        let n = unsafe {
+            libc::preadv2(file.as_raw_fd(), &iov, 1, (offset + filled as u64) as libc::off_t, libc::RWF_NOWAIT)
+        };
+        if n <= 0 {
+            return false; // EAGAIN (not cached), unsupported, EOF or error: the blocking path decides
+        }
+        // SAFETY: the kernel initialised exactly `n` more bytes.
+        unsafe { buf.set_len(filled + n as usize) };
+    }
+    true
+}
+
+#[cfg(not(target_os = "linux"))]
+fn try_fill_cached(_: &std::fs::File, _: u64, _: usize, _: &mut Vec<u8>) -> bool {
+    false
+}
+
+/// Reads up to `max` bytes at `offset`. Small reads (many streams at once)
+/// are served from the page cache on the calling thread when they can be:
+/// with hundreds of readers, a blocking-pool hop per 16 KiB costs more than
+/// the copy itself (measured: 256 readers of a 64 MiB blob took 27 s with
+/// a hop per read, against 15 s for the 1 MiB reads of earlier builds).
+/// Everything else, and whatever is not cached, goes to the blocking pool.
 pub async fn read_at_async(file: Arc<std::fs::File>, offset: u64, max: usize) -> io::Result<Bytes> {
+    if max <= SMALL_READ || !POOL.has_large() {
+        let want = max.min(SMALL_READ);
+        let mut buf = Vec::with_capacity(want);
+        if try_fill_cached(&file, offset, want, &mut buf) {
+            return Ok(Bytes::from(buf));
+        }
+        return tokio::task::spawn_blocking(move || {
+            fill_exact(&file, offset, want, &mut buf)?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+        .map_err(io::Error::other)?;
+    }
     tokio::task::spawn_blocking(move || read_at(&file, offset, max)).await.map_err(io::Error::other)?
 }
 
