@@ -245,7 +245,9 @@ pub struct AuthConfig {
     /// so that leaving it out is reported under its own key.
     #[serde(default)]
     pub htpasswd: Option<PathBuf>,
-    /// GET and HEAD need no credentials; writes always do.
+    /// GET and HEAD of content need no credentials (only the `/v2/` ping
+    /// challenges, so that clients learn where tokens come from); writes
+    /// always do.
     #[serde(default = "default_anonymous_pull")]
     pub anonymous_pull: bool,
     /// The users, read from `htpasswd` by [`Config::from_toml`] (the file

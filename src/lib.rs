@@ -16,7 +16,8 @@
 //! - [`proxy`]: pull-through policy over the registry, single-flight and
 //!   streaming fills; the only module that talks to upstreams.
 //! - [`http`]: the axum edge; the only module that speaks HTTP to clients,
-//!   and where requests are authorized ([`http::auth`]).
+//!   where requests are authorized ([`http::auth`]) and bearer tokens are
+//!   issued and checked ([`http::token`]).
 //! - [`server`]: the listener: connection cap, header and idle timeouts,
 //!   TLS handshakes.
 
@@ -44,6 +45,8 @@ pub enum StartError {
     Storage(#[from] storage::Error),
     #[error("upstream client: {0}")]
     Upstream(String),
+    #[error("no randomness for the token key: {0}")]
+    Random(getrandom::Error),
 }
 
 /// A configured mirror: the store, the proxy and the HTTP app over them.
@@ -54,6 +57,10 @@ pub struct Mirror {
     uploads: Arc<registry::uploads::Uploads>,
     server: config::ServerConfig,
     tls: Option<tls::ServerTls>,
+    /// The configured address: the token realm's host when a request names
+    /// none (see [`http::auth::Realm`]), until [`Mirror::serve`] knows the
+    /// address actually bound.
+    listen: std::net::SocketAddr,
 }
 
 impl Mirror {
@@ -66,7 +73,7 @@ impl Mirror {
         }
         let registry = Arc::new(registry::Registry::new(store, cfg.storage.manifest_memory_bytes));
         let proxy = proxy::Proxy::new(cfg, registry).map_err(|e| StartError::Upstream(e.to_string()))?;
-        let auth = http::auth::Authenticator::from_config(cfg.auth.as_ref());
+        let auth = http::auth::Authenticator::from_config(cfg.auth.as_ref()).map_err(StartError::Random)?;
         let tls = cfg.tls.as_ref().and_then(|t| t.server.clone());
         Ok(Mirror {
             proxy: Arc::new(proxy),
@@ -74,6 +81,7 @@ impl Mirror {
             uploads: Arc::new(uploads),
             server: cfg.server.clone(),
             tls,
+            listen: cfg.listen,
         })
     }
 
@@ -90,11 +98,17 @@ impl Mirror {
     }
 
     pub fn router(&self) -> axum::Router {
+        self.router_on(self.listen)
+    }
+
+    /// The app as served on `local`: its token realm is HTTPS with `[tls]`.
+    fn router_on(&self, local: std::net::SocketAddr) -> axum::Router {
         http::router(http::AppState {
             proxy: self.proxy.clone(),
             registry: self.proxy.registry().clone(),
             auth: self.auth.clone(),
             uploads: self.uploads.clone(),
+            realm: Arc::new(http::auth::Realm::new(self.tls.is_some(), local)),
         })
     }
 
@@ -107,7 +121,8 @@ impl Mirror {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let sweeper = tokio::spawn(self.uploads.clone().run_sweeper());
-        let served = server::serve(listener, self.router(), self.server.clone(), self.tls.clone(), shutdown).await;
+        let app = self.router_on(listener.local_addr().unwrap_or(self.listen));
+        let served = server::serve(listener, app, self.server.clone(), self.tls.clone(), shutdown).await;
         sweeper.abort();
         served
     }

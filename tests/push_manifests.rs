@@ -384,6 +384,54 @@ async fn large_and_sha512_manifests_are_published_byte_exact() {
     assert_eq!(delete(&env, &format!("/v2/kube-apiserver/manifests/{d512}")).await.status(), 202);
 }
 
+/// A blob HEAD falls through to upstream, so a client pushing an image
+/// whose layers upstream has (a patched build over an upstream base) skips
+/// uploading them. The manifest naming them is then published all the
+/// same: the mirror fetches and stores those blobs first, so the published
+/// image does not depend on upstream keeping them.
+#[tokio::test]
+async fn blobs_only_upstream_has_are_fetched_for_a_pushed_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = mirror(&dir).await;
+    let base = bytes(5000, 21);
+    let layer = env.upstream.add_blob(base.clone());
+    let r = env.head(&format!("/v2/kube-apiserver/blobs/{layer}")).await;
+    assert_eq!(r.status(), 200, "upstream's blob exists, as far as a pushing client can tell");
+    let has = |d: &str| {
+        let d: Digest = d.parse().unwrap();
+        let store = env.mirror.proxy().store().clone();
+        async move { store.has_blob(&d).await.unwrap() }
+    };
+    assert!(!has(&layer).await, "a HEAD stores nothing");
+
+    let ours = image(&env, 22, "").await;
+    let parsed: serde_json::Value = serde_json::from_str(&ours).unwrap();
+    let manifest = ours
+        .replace(parsed["layers"][0]["digest"].as_str().unwrap(), &layer)
+        .replace(&format!("\"size\":{}}}]", 1022), &format!("\"size\":{}}}]", base.len()));
+    let r = put(&env, "/v2/kube-apiserver/manifests/v1.30.0-lts.1", OCI_MANIFEST, manifest.clone()).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    assert!(has(&layer).await, "fetched and stored before the publish");
+    assert_eq!(env.upstream.count("GET", &layer), 1);
+
+    // Upstream gone: the published image is whole without it.
+    env.upstream.set_mode(Mode::Error500);
+    let (status, _, _, body) = pull(&env, "/v2/kube-apiserver/manifests/v1.30.0-lts.1").await;
+    assert_eq!((status, body), (200, Bytes::from(manifest)));
+    let r = env.get(&format!("/v2/kube-apiserver/blobs/{layer}")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), base);
+
+    // What upstream cannot give (here: corrupt bytes) stays missing, and
+    // the push is refused as before.
+    env.upstream.set_mode(Mode::Corrupt);
+    let bad = env.upstream.add_blob(bytes(3000, 23));
+    let no_blob = ours.replace(parsed["layers"][0]["digest"].as_str().unwrap(), &bad);
+    let r = put(&env, "/v2/kube-apiserver/manifests/v2", OCI_MANIFEST, no_blob).await;
+    assert_error(r, 400, "MANIFEST_BLOB_UNKNOWN").await;
+    assert!(!has(&bad).await, "nothing unverified is stored");
+}
+
 /// Every bad push and delete: the spec error, the right status, and the
 /// store exactly as before.
 #[tokio::test]

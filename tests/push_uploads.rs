@@ -554,7 +554,11 @@ async fn unknown_namespaces_and_missing_credentials_are_refused() {
             with("DELETE", &loc).send().await.unwrap(),
         ];
         for r in tries {
-            assert_eq!(header(&r, "www-authenticate"), "Basic realm=\"klts-mirror\"", "{what}");
+            // The challenge that sends clients for a token that can push here.
+            let challenge = header(&r, "www-authenticate");
+            let realm = format!("Bearer realm=\"{}/auth/token\",service=\"klts-mirror\"", env.url);
+            assert!(challenge.starts_with(&realm), "{what}: {challenge}");
+            assert!(challenge.contains(",scope=\"repository:pause:"), "{what}: {challenge}");
             assert_error(r, 401, "UNAUTHORIZED").await;
         }
     }

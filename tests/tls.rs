@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{bytes, Env, Options};
+use common::{bytes, write_htpasswd, Env, Options};
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::pem::PemObject as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -92,6 +92,41 @@ async fn https_with_a_trusted_ca_over_h2_and_http1() {
     // A client that does not trust the CA gets no answer at all.
     let untrusting = reqwest::Client::builder().no_proxy().use_rustls_tls().build().unwrap();
     assert!(untrusting.get(format!("{}/v2/", env.url)).send().await.is_err());
+}
+
+/// With `[auth]`, the ping's challenge sends clients to the token endpoint
+/// over HTTPS (the same listener), and the token fetched there opens
+/// writes: over HTTP/2, where the host comes from `:authority`, and over
+/// HTTP/1.1, from `Host`.
+#[tokio::test]
+async fn the_token_realm_is_https() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = write_htpasswd(&dir.path().join("htpasswd"), &[("alice", "s3cret")]);
+    let tls = Some((pki.cert.clone(), pki.key.clone()));
+    let env = Env::with(Options { tls, htpasswd: Some(htpasswd), ..Default::default() }).await;
+    let expected = format!("Bearer realm=\"{}/auth/token\",service=\"klts-mirror\"", env.url);
+    assert!(expected.contains("realm=\"https://127.0.0.1:"), "{expected}");
+    for (client, version) in [
+        (client(&pki).build().unwrap(), reqwest::Version::HTTP_2),
+        (client(&pki).http1_only().build().unwrap(), reqwest::Version::HTTP_11),
+    ] {
+        let r = client.get(format!("{}/v2/", env.url)).send().await.unwrap();
+        assert_eq!(r.version(), version);
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()["www-authenticate"], expected.as_str(), "{version:?}");
+        // Where the challenge points: a token for alice...
+        let url = format!("{}/auth/token?service=klts-mirror&scope=repository:pause:pull,push", env.url);
+        let r = client.get(url).basic_auth("alice", Some("s3cret")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = r.json().await.unwrap();
+        let token = body["token"].as_str().unwrap().to_string();
+        // ...that answers the ping and opens a write.
+        let r = client.get(format!("{}/v2/", env.url)).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{version:?}");
+        let r = client.post(format!("{}/v2/pause/blobs/uploads/", env.url)).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(r.status(), 202, "{version:?}");
+    }
 }
 
 #[tokio::test]

@@ -17,8 +17,9 @@ use crate::storage::StoredManifest;
 /// `OCI-Subject`: the subject of a pushed referrer (distribution-spec 1.1).
 pub const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
 
-/// PUT of a manifest: read whole (bounded), validated, stored byte-exact,
-/// published in `key` (and tagged, when pushed by tag).
+/// PUT of a manifest: read whole (bounded), its blobs that only upstream
+/// has fetched, validated, stored byte-exact, published in `key` (and
+/// tagged, when pushed by tag).
 pub async fn put(
     app: &AppState,
     key: &RepoKey,
@@ -30,6 +31,7 @@ pub async fn put(
         .await
         .map_err(|e| e.into_api(ErrorCode::ManifestInvalid))?;
     let content_type = req.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    app.proxy.fetch_blobs_for_push(key, content_type, &bytes).await;
     let published = app.registry.publish(key, reference, content_type, bytes).await.map_err(ApiError::from_registry)?;
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::CREATED;

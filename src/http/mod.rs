@@ -8,7 +8,8 @@
 //! Every response carries `X-Request-Id` ([`request_id`]); error answers
 //! carry fixed text only, with the internal cause in the log under that id
 //! ([`error`]). Every request is authorized ([`auth`]) before it is
-//! dispatched.
+//! dispatched; with `[auth]`, `GET /auth/token` issues the bearer tokens
+//! that clients authorize with ([`auth::TOKEN_PATH`], [`token`]).
 
 pub mod auth;
 pub mod blobs;
@@ -21,6 +22,7 @@ pub mod referrers;
 pub mod rejection;
 pub mod request_id;
 pub mod tags;
+pub mod token;
 pub mod uploads;
 
 pub use self::request_id::X_REQUEST_ID;
@@ -34,7 +36,7 @@ use axum::http::{header, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
-use self::auth::{Access, Authenticator};
+use self::auth::{Authenticator, Realm, TOKEN_PATH};
 use self::error::{ApiError, Subject};
 use self::headers::API_VERSION;
 use crate::oci::route::{self, V2Route};
@@ -50,6 +52,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub auth: Arc<Authenticator>,
     pub uploads: Arc<Uploads>,
+    /// Where this listener's Bearer challenges send clients for tokens.
+    pub realm: Arc<Realm>,
 }
 
 pub fn router(app: AppState) -> Router {
@@ -65,15 +69,23 @@ async fn handle(State(app): State<AppState>, req: Request) -> Response {
     let (mut req, body) = req.into_parts();
     let id = request_id::for_request(&req.headers);
     // Nothing is parsed or routed for a request that may not be made. The
-    // verified user, if any, travels in the request's extensions.
-    let answer = match app.auth.authorize(&req.headers, Access::of(&req.method)).await {
-        Ok(user) => {
-            if let Some(user) = user {
-                req.extensions.insert(user);
-            }
-            dispatch(&app, &req, body).await
+    // verified user, if any, travels in the request's extensions. The token
+    // endpoint decides for itself: it is where credentials are exchanged.
+    let answer = if req.uri.path() == TOKEN_PATH && app.auth.issues_tokens() {
+        match app.auth.token(&req).await {
+            Ok(r) => Ok(r),
+            Err(e) => Err(body::refuse(e, &req.headers, body).await),
         }
-        Err(e) => Err(e),
+    } else {
+        match app.auth.authorize(&req, &app.realm).await {
+            Ok(user) => {
+                if let Some(user) = user {
+                    req.extensions.insert(user);
+                }
+                dispatch(&app, &req, body).await
+            }
+            Err(e) => Err(e),
+        }
     };
     let mut resp = match answer {
         Ok(r) => r,

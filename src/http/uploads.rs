@@ -34,7 +34,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use futures::{Stream, StreamExt, TryStreamExt};
 
-use super::auth::{User, CHALLENGE};
+use super::auth::{Access, User};
 use super::error::ApiError;
 use super::headers::{insert_text, upload_range, DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID};
 use super::{AppState, Params};
@@ -61,8 +61,8 @@ pub async fn handle(
     body: Body,
 ) -> Result<Response, ApiError> {
     let Some(user) = req.extensions.get::<User>() else {
-        return Err(ApiError::new(ErrorCode::Unauthorized, "authentication required")
-            .header(header::WWW_AUTHENTICATE, CHALLENGE));
+        // Anonymous pulls do not extend to an upload's status.
+        return Err(app.auth.refusal(req, &app.realm, Access::Push, "authentication required"));
     };
     let mut body = body.into_data_stream().map_err(io::Error::other);
     let at = Place { name, ns: params.ns.as_deref() };

@@ -88,6 +88,9 @@ pub struct FillState {
     pub verified: bool,
     /// The fill failed; readers fail with this.
     pub error: Option<Error>,
+    /// The fill is over: the blob is in the store, or it was served without
+    /// caching, or the fill failed.
+    pub done: bool,
     /// The batches received last, still in memory (about `WINDOW_BYTES`):
     /// readers that keep up take their bytes from here, zero-copy, without
     /// touching the file.
@@ -196,6 +199,7 @@ impl Job {
                 self.state.send_modify(|s| s.error = Some(e));
             }
         }
+        self.state.send_modify(|s| s.done = true);
         // Removed only now: until here, the map (not the store) is where a
         // new request finds this blob.
         let mut map = self.fills.inflight.lock().unwrap_or_else(|p| p.into_inner());
@@ -325,6 +329,17 @@ impl Fill {
         match &s.error {
             Some(e) => Err(e.clone()),
             None => Ok(s.available),
+        }
+    }
+
+    /// Waits until the fill is over, so that a blob it stored is in the
+    /// store (verification alone comes just before the commit).
+    pub async fn wait_done(&self) -> Result<(), Error> {
+        let mut rx = self.state.clone();
+        let s = rx.wait_for(|s| s.done).await.map_err(|_| Error::Internal("fill vanished".into()))?;
+        match &s.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
         }
     }
 

@@ -307,6 +307,51 @@ impl Proxy {
         joined(fill).await
     }
 
+    /// Stores the blobs that a pushed manifest names and this site lacks,
+    /// from `key`'s upstream. A blob HEAD falls through to upstream, so a
+    /// client pushing an image whose layers upstream already has (a patched
+    /// build over an upstream base) is told they exist and never uploads
+    /// them; the manifest naming them must be accepted all the same, and
+    /// what is published must not depend on upstream keeping them.
+    /// Best effort, and quiet: a blob that cannot be fetched stays missing,
+    /// and the publish that follows reports it (`MANIFEST_BLOB_UNKNOWN`).
+    pub async fn fetch_blobs_for_push(&self, key: &RepoKey, content_type: Option<&str>, body: &[u8]) {
+        let Ok(m) = crate::oci::manifest::Manifest::parse(content_type, body) else { return };
+        if self.offline || m.required_blobs().next().is_none() {
+            return;
+        }
+        let Ok(origin) = self.origin(key, None) else { return };
+        let fetches = m.required_blobs().map(|b| {
+            let origin = origin.clone();
+            async move {
+                let d = &b.digest;
+                // The map before the store, as in `blob`.
+                let fill = match self.fills.get(d) {
+                    Some(fill) => fill,
+                    None if self.registry.store().has_blob(d).await.unwrap_or(false) => return,
+                    None => {
+                        let d2 = d.clone();
+                        self.fills.join_or_start(
+                            d,
+                            self.registry.store(),
+                            move || async move { origin.blob(&d2).await },
+                        )
+                    }
+                };
+                match fill.wait_done().await {
+                    Ok(()) => {
+                        tracing::info!(repo = %key, digest = %d, "blob of a pushed manifest fetched from upstream")
+                    }
+                    Err(Error::Upstream(upstream::Error::NotFound)) => {}
+                    Err(e) => {
+                        tracing::warn!(repo = %key, digest = %d, error = %e, "blob of a pushed manifest not fetched")
+                    }
+                }
+            }
+        });
+        futures::future::join_all(fetches).await;
+    }
+
     // ---- referrers ---------------------------------------------------
 
     /// The referrers of `subject`: this site's (published, pinned) and,
