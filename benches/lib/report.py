@@ -9,6 +9,8 @@ means the target did not answer in time (kept as +inf, printed "timeout").
 --profile compare (default): klts-mirror against nginx/distribution (ROWS).
 --profile load: HEAD against BASE, the previous klts-mirror (load_rows());
   keys are <metric>.head / <metric>.base, --vars fills in the sizes.
+--profile push: push.sh, klts-mirror against distribution (push_rows());
+  same table as compare, --vars fills in the sizes.
 
 Each table row compares the median of a klts-mirror key with the median of a
 peer key and checks it against a target.  Rows whose target is an exact count
@@ -109,6 +111,31 @@ def load_rows(v):
     return [(scen, unit, f"{key}.head", "BASE", f"{key}.base", check, thr) for scen, unit, key, check, thr in rows]
 
 
+# push profile: klts key -> (guard key, vars name of the count every sample
+# must equal); a peak RSS only means something if every push completed.
+PUSH_GUARDS = {"pushN.rss.klts": ("pushN.ok.klts", "parallel")}
+
+
+def push_rows(v):
+    """Rows of push.sh, in the shape of ROWS.  v: sizes the run used."""
+    size = f"{v['size_mib']}MiB" if v["size_mib"] % 1024 else f"{v['size_mib'] // 1024}GiB"
+    n = v["parallel"]
+    return [
+        (f"1 push {size} image, 1 skopeo", "MiB/s", "push1.mibs.klts", "distribution", "push1.mibs.dist", "ratio_ge", 1.0),
+        (f"1 push verified (manifest digest, blob size)", "of 1", "push1.ok.klts", "distribution", "push1.ok.dist", "all_eq", 1),
+        (f"1 push {size} + sync (durable)", "MiB/s", "push1.durable.klts", "distribution", "push1.durable.dist", "info", None),
+        (f"1 peak RSS, 1 push", "MiB", "push1.rss.klts", "distribution", "push1.rss.dist", "info", None),
+        (f"2 {n} pushes of {n} different {size} images: wall", "s", "pushN.wall.klts", "distribution", "pushN.wall.dist", "info", None),
+        (f"2 {n} pushes: aggregate", "MiB/s", "pushN.mibs.klts", "distribution", "pushN.mibs.dist", "info", None),
+        (f"2 {n} pushes: peak RSS", "MiB", "pushN.rss.klts", "distribution", "pushN.rss.dist", "abs_le", 64.0),
+        (f"2 {n} pushes: images verified", f"of {n}", "pushN.ok.klts", "distribution", "pushN.ok.dist", "all_eq", n),
+        (f"3 GET published {size} blob", "MiB/s", "pull.pub.klts", "klts pulled-through", "pull.cached.klts", "ratio_ge", 0.9),
+        (f"3 GET published {size} blob", "MiB/s", "pull.pub.klts", "distribution", "pull.pub.dist", "info", None),
+        (f"3 same, both store files re-read into page cache", "MiB/s", "pull.reread.pub.klts", "klts pulled-through",
+         "pull.reread.cached.klts", "info", None),
+    ]
+
+
 def load(path):
     samples = {}
     if os.path.exists(path):
@@ -176,12 +203,12 @@ def main():
     ap.add_argument("--json", required=True)
     ap.add_argument("--runs", type=int, required=True)
     ap.add_argument("--meta", default="{}", help="extra JSON object merged into the output")
-    ap.add_argument("--profile", choices=("compare", "load"), default="compare")
+    ap.add_argument("--profile", choices=("compare", "load", "push"), default="compare")
     ap.add_argument("--vars", default="{}", help="load profile: sizes/counts (JSON)")
     a = ap.parse_args()
     s = load(a.samples)
     lvars = json.loads(a.vars)
-    row_defs = ROWS if a.profile == "compare" else load_rows(lvars)
+    row_defs = {"compare": lambda: ROWS, "load": lambda: load_rows(lvars), "push": lambda: push_rows(lvars)}[a.profile]()
     notes = []
 
     rows = []
@@ -206,6 +233,13 @@ def main():
                 status = "invalid"
                 notes.append(f"invalid: '{scen}' judged only when every run served all "
                              f"{lvars[gv]} readers ({gk}.head = {[jval(x) for x in g]})")
+        elif a.profile == "push" and kk in PUSH_GUARDS and status in ("PASS", "FAIL"):
+            gk, gv = PUSH_GUARDS[kk]
+            g = s.get(gk, [])
+            if not g or any(x != lvars[gv] for x in g):
+                status = "invalid"
+                notes.append(f"invalid: '{scen}' judged only when all {lvars[gv]} pushes of every run "
+                             f"verified ({gk} = {[jval(x) for x in g]})")
         rows.append({
             "scenario": scen, "unit": unit, "peer": peer,
             "klts_median": k_med, "peer_median": p_med, "ratio": ratio,
@@ -215,7 +249,7 @@ def main():
         })
 
     ratio_txt = lambda r: f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
-    if a.profile == "compare":
+    if a.profile in ("compare", "push"):
         hdr = ("scenario", "unit", "klts-mirror", "peer", "peer median", "ratio", "target", "result")
         table = [hdr] + [(r["scenario"], r["unit"], fmt(r["klts_median"]), r["peer"], fmt(r["peer_median"]),
                           ratio_txt(r), r["target"], r["status"]) for r in rows]
@@ -239,7 +273,7 @@ def main():
     print(f"\n{n_pass}/{n_judged} targets met (RUNS={a.runs}, values are medians over runs)")
     for n in notes:
         print(n)
-    if a.profile == "load":
+    if a.profile in ("load", "push"):
         out_vars = {"vars": json.loads(a.vars)}
     else:
         out_vars = {}
