@@ -83,6 +83,64 @@ impl Batch {
     }
 }
 
+/// Writes `chunks` at `offset` with as few `pwritev` calls as the kernel
+/// allows: one call per batch rather than one per chunk. Push bodies arrive
+/// in chunks of at most 32 KiB; written one by one, a pushed 1 GiB blob
+/// then read back from the page cache at half the speed of a pulled one
+/// (8.6 against 17.3 GB/s with `dd`), while one large write per batch lets
+/// the page cache keep it in large pieces.
+fn write_batch_at(file: &File, chunks: &[Bytes], offset: u64) -> io::Result<()> {
+    // At most IOV_MAX (1024 on Linux) slices per call.
+    const MAX_IOV: usize = 1024;
+    let mut at = offset;
+    let mut first = 0; // chunk index
+    let mut skip = 0; // bytes of chunks[first] already written
+    while first < chunks.len() {
+        let iov: Vec<libc::iovec> = chunks[first..]
+            .iter()
+            .take(MAX_IOV)
+            .enumerate()
+            .map(|(i, c)| {
+                let c = if i == 0 { &c[skip..] } else { &c[..] };
+                libc::iovec { iov_base: c.as_ptr() as *mut libc::c_void, iov_len: c.len() }
+            })
+            .collect();
+        // SAFETY: every iovec points into a chunk that outlives the call and
+        // is only read by the kernel.
+        let n = unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int, at as libc::off_t) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        // Advance past what was written, chunk by chunk.
+        let mut left = n as usize;
+        at += left as u64;
+        while left > 0 {
+            let rest = chunks[first].len() - skip;
+            if left >= rest {
+                left -= rest;
+                first += 1;
+                skip = 0;
+            } else {
+                skip += left;
+                left = 0;
+            }
+        }
+        // Skip empty chunks so the loop ends.
+        while first < chunks.len() && chunks[first].len() == skip {
+            first += 1;
+            skip = 0;
+        }
+    }
+    Ok(())
+}
+
 /// Why bytes did not become the blob they were meant to be.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -215,12 +273,7 @@ impl BlobWriter {
             tokio::task::spawn_blocking(move || {
                 // Positional: a resumed file is written at its end whatever
                 // its cursor, and a retried chunk overwrites a failed one.
-                let mut at = batch.start;
-                let r = batch.chunks.iter().try_for_each(|chunk| {
-                    file.write_all_at(chunk, at)?;
-                    at += chunk.len() as u64;
-                    Ok(())
-                });
+                let r = write_batch_at(&file, &batch.chunks, batch.start);
                 written(r.is_ok());
                 r
             })
@@ -658,5 +711,23 @@ mod tests {
         assert_eq!(w.verify(&d, None).unwrap(), 300_000, "still verified");
         assert!(!w.commit().await.unwrap(), "nothing to keep");
         assert!(store.open_blob(&d).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn a_batch_is_written_whole_whatever_its_chunks() {
+        let f = tempfile::tempfile().unwrap();
+        // More chunks than one pwritev takes, an empty one, uneven sizes.
+        let mut chunks = vec![Bytes::new()];
+        let mut expected = Vec::new();
+        for i in 0..2500u32 {
+            let c: Vec<u8> = (0..(i % 37 + 1)).map(|j| (i + j) as u8).collect();
+            expected.extend_from_slice(&c);
+            chunks.push(Bytes::from(c));
+        }
+        write_batch_at(&f, &chunks, 10).unwrap();
+        let mut got = vec![0u8; expected.len()];
+        f.read_exact_at(&mut got, 10).unwrap();
+        assert_eq!(got, expected);
+        assert_eq!(f.metadata().unwrap().len(), 10 + expected.len() as u64);
     }
 }
