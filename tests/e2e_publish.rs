@@ -71,8 +71,7 @@ fn publish_and_pull_back(w: &World, host: &str, p: &Publisher, round: &str) {
 fn skopeo_publishes_over_http_with_credentials_and_every_shape_pulls_it() {
     let w = World::new();
     let extra = w.auth_table();
-    let mut mirror =
-        Mirror::start_with(&w.path("mirror"), w.upstream.port, "registry.k8s.io", &extra, |port| accepts(port));
+    let mut mirror = Mirror::start_with(&w.path("mirror"), w.upstream.port, "registry.k8s.io", &extra, accepts);
     let host = mirror.host();
 
     // No credentials: refused, nothing published.
@@ -103,8 +102,7 @@ fn skopeo_publishes_over_http_with_credentials_and_every_shape_pulls_it() {
 fn a_published_tag_shadows_upstream_and_deleting_it_falls_back() {
     let w = World::new();
     let extra = w.auth_table();
-    let mut mirror =
-        Mirror::start_with(&w.path("mirror"), w.upstream.port, "registry.k8s.io", &extra, |port| accepts(port));
+    let mut mirror = Mirror::start_with(&w.path("mirror"), w.upstream.port, "registry.k8s.io", &extra, accepts);
     let host = mirror.host();
     let p = Publisher { creds: Some(CREDS), cert_dir: None };
     let upstream_index = skopeo::inspect_raw_digest_with(w.tmp.path(), &format!("{host}/pause:3.9"), &p);
@@ -168,8 +166,7 @@ fn skopeo_publishes_over_https_verifying_the_certificate() {
         toml_str(cert.to_str().unwrap()),
         toml_str(key.to_str().unwrap())
     );
-    let mut mirror =
-        Mirror::start_with(&w.path("mirror"), w.upstream.port, "registry.k8s.io", &extra, |port| accepts(port));
+    let mut mirror = Mirror::start_with(&w.path("mirror"), w.upstream.port, "registry.k8s.io", &extra, accepts);
     let host = mirror.host();
     publish_and_pull_back(&w, &host, &Publisher { creds: Some(CREDS), cert_dir: Some(&cert_dir) }, "https");
     // Without the CA, skopeo refuses the certificate.
