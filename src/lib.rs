@@ -7,6 +7,7 @@
 //!   the upstream client (tokens) and the authenticator (verifications).
 //! - [`htpasswd`]: the users file of `[auth]`; parsing only.
 //! - [`tls`]: `[tls]`'s certificate and key as a rustls configuration.
+//! - [`kubeadm`]: kubeadm knowledge, no I/O: the images each release pulls.
 //! - [`storage`]: the content store on `object_store`; [`storage::paths`] is
 //!   the one key mapper.
 //! - [`upstream`]: the registry client (tokens, redirects, timeouts).
@@ -25,6 +26,7 @@ pub mod config;
 pub mod flight;
 pub mod htpasswd;
 pub mod http;
+pub mod kubeadm;
 pub mod oci;
 pub mod proxy;
 pub mod registry;

@@ -1,14 +1,17 @@
-//! `klts-mirror serve [--config PATH] [--listen ADDR]`.
+//! `klts-mirror serve [--config PATH] [--listen ADDR]`,
+//! `klts-mirror images --kubernetes-version V [--image-repository R]`.
 //!
 //! Thin by design: parse arguments, load configuration, set up logging,
-//! bind, and hand over to the library. Configuration problems exit with
-//! code 2 and one line naming the key.
+//! bind, and hand over to the library. Configuration problems and bad
+//! versions exit with code 2 and one line naming the key or the version.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use klts_mirror::kubeadm::{self, KubernetesVersion};
 use klts_mirror::{Config, Mirror};
 
 #[derive(Parser)]
@@ -29,6 +32,15 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+    /// Print the images kubeadm of a release pulls, as `kubeadm config images list` does, without going online.
+    Images {
+        /// Release, e.g. v1.18.20 or an LTS build v1.18.20-lts.2; a patch number is required.
+        #[arg(long)]
+        kubernetes_version: String,
+        /// Registry prefix for all images (kubeadm's `imageRepository`); default: that release's.
+        #[arg(long)]
+        image_repository: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -42,6 +54,28 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Serve { config, listen } => serve(&config, listen),
+        Command::Images { kubernetes_version, image_repository } => {
+            images(&kubernetes_version, image_repository.as_deref())
+        }
+    }
+}
+
+/// One image per line on stdout; a bad version or repository is one line on
+/// stderr and exit code 2.
+fn images(version: &str, repository: Option<&str>) -> ExitCode {
+    let list = match version.parse::<KubernetesVersion>().and_then(|v| kubeadm::images(&v, repository)) {
+        Ok(list) => list,
+        Err(e) => {
+            eprintln!("klts-mirror: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let written = list.iter().try_for_each(|image| writeln!(out, "{image}")).and_then(|()| out.flush());
+    // A closed pipe (`| head -1`) is the reader's choice, not an error worth a message.
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
     }
 }
 
