@@ -610,6 +610,9 @@ impl Run<'_> {
         let body = match self.built.get(d) {
             Some(b) => Some(b.clone()),
             None => match self.read_blob(d, media::MAX_MANIFEST_BYTES as u64).await {
+                // Not carried, but held already (published, pinned, cached):
+                // an incremental bundle may leave it out.
+                Ok(None) => self.registry.manifest(d).await.ok().flatten().map(|m| m.body.clone()),
                 Ok(b) => b,
                 Err(why) => {
                     tree.invalid.push(why);

@@ -35,7 +35,7 @@ impl Registry {
     /// [`super::LOCAL_TAG_RECHECK`].
     pub async fn pin_tag(&self, key: &RepoKey, tag: &Tag, digest: &Digest) -> Result<()> {
         self.put_local_tag(Class::Pinned, key, tag, digest).await?;
-        tracing::info!(repo = %key, %tag, %digest, "pinned tag");
+        tracing::debug!(repo = %key, %tag, %digest, "pinned tag");
         Ok(())
     }
 }
