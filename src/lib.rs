@@ -21,7 +21,10 @@
 //!   issued and checked ([`http::token`]).
 //! - [`server`]: the listener: connection cap, header and idle timeouts,
 //!   TLS handshakes.
+//! - [`airgap`]: bundles for air-gapped sites; [`airgap::import`] pins an
+//!   archive's images into the store.
 
+pub mod airgap;
 pub mod config;
 pub mod flight;
 pub mod htpasswd;

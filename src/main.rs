@@ -1,5 +1,6 @@
-//! `klts-mirror serve [--config PATH] [--listen ADDR]`,
-//! `klts-mirror images --kubernetes-version V [--image-repository R]`.
+//! `klts-mirror serve [--config PATH] [--listen ADDR] [--offline]`,
+//! `klts-mirror images --kubernetes-version V [--image-repository R]` and
+//! `klts-mirror bundle import ARCHIVE [--config PATH]`.
 //!
 //! Thin by design: parse arguments, load configuration, set up logging,
 //! bind, and hand over to the library. Configuration problems and bad
@@ -31,6 +32,9 @@ enum Command {
         /// Listen address; overrides `listen` in the configuration.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Sealed mode: never contact any upstream (as `cache.offline = true`).
+        #[arg(long)]
+        offline: bool,
     },
     /// Print the images kubeadm of a release pulls, as `kubeadm config images list` does, without going online.
     Images {
@@ -40,6 +44,25 @@ enum Command {
         /// Registry prefix for all images (kubeadm's `imageRepository`); default: that release's.
         #[arg(long)]
         image_repository: Option<String>,
+    },
+    /// Air-gap bundles.
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Load an archive (OCI layout tar, .tar.gz, .tar.zst, or docker save)
+    /// into the store as pinned images; safe while the server runs, and
+    /// resumable.
+    Import {
+        /// The archive.
+        archive: PathBuf,
+        /// Configuration file (its storage and upstreams).
+        #[arg(long, default_value = "./config.toml")]
+        config: PathBuf,
     },
 }
 
@@ -53,7 +76,8 @@ fn main() -> ExitCode {
         )
         .init();
     match cli.command {
-        Command::Serve { config, listen } => serve(&config, listen),
+        Command::Serve { config, listen, offline } => serve(&config, listen, offline),
+        Command::Bundle { command: BundleCommand::Import { archive, config } } => bundle_import(&config, &archive),
         Command::Images { kubernetes_version, image_repository } => {
             images(&kubernetes_version, image_repository.as_deref())
         }
@@ -79,14 +103,57 @@ fn images(version: &str, repository: Option<&str>) -> ExitCode {
     }
 }
 
-fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> ExitCode {
-    let cfg = match Config::load(path) {
+/// The configuration, or exit code 2 with one line naming the key.
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("klts-mirror: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// Prints the report (problems on stderr); exit 1 when there were any.
+fn bundle_import(config: &std::path::Path, archive: &std::path::Path) -> ExitCode {
+    let cfg = match load(config) {
         Ok(c) => c,
+        Err(code) => return code,
+    };
+    // Two workers: the archive reader has a thread of its own, and writes
+    // and hashes run on the blocking pool.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
         Err(e) => {
-            eprintln!("klts-mirror: {e}");
-            return ExitCode::from(2);
+            eprintln!("klts-mirror: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
         }
     };
+    let progress = klts_mirror::airgap::import::Progress::for_stderr();
+    match runtime.block_on(klts_mirror::airgap::import::run(&cfg, archive, &progress)) {
+        Ok(report) => {
+            print!("{report}");
+            if report.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "klts-mirror: bundle import of {} had {} problem(s)",
+                    archive.display(),
+                    report.problems.len()
+                );
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("klts-mirror: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(path: &std::path::Path, listen: Option<SocketAddr>, offline: bool) -> ExitCode {
+    let mut cfg = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    cfg.cache.offline |= offline;
     let mirror = match Mirror::new(&cfg) {
         Ok(m) => m,
         Err(e) => {
@@ -113,7 +180,7 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> ExitCode {
             }
         };
         let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!(listen = %local, storage = ?cfg.storage.backend, path = %cfg.storage.path.display(), "klts-mirror serving");
+        tracing::info!(listen = %local, storage = ?cfg.storage.backend, path = %cfg.storage.path.display(), sealed = cfg.cache.offline, "klts-mirror serving");
         match mirror.serve(listener, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -161,3 +161,34 @@ fn images_requires_a_version() {
     assert_eq!(code, Some(2));
     assert!(stdout.is_empty());
 }
+
+#[test]
+fn sealed_mode_and_bundle_import_are_on_the_command_line() {
+    let out = Command::new(BIN).args(["serve", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--offline"));
+    let out = Command::new(BIN).args(["bundle", "import", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("<ARCHIVE>") && text.contains("--config") && text.contains("./config.toml"), "{text}");
+}
+
+#[test]
+fn bundle_import_refuses_the_memory_backend_and_bad_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, BASE).unwrap();
+    let archive = dir.path().join("site.tar");
+    std::fs::write(&archive, b"").unwrap();
+    let out = Command::new(BIN)
+        .args(["bundle", "import", archive.to_str().unwrap(), "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("storage.backend"));
+    std::fs::write(&path, format!("lisen = 1\n{BASE}")).unwrap();
+    let out = Command::new(BIN)
+        .args(["bundle", "import", archive.to_str().unwrap(), "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a configuration error, as for serve");
+}

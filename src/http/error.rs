@@ -140,6 +140,9 @@ impl ApiError {
             P::ManifestUnknown => ApiError::new(ErrorCode::ManifestUnknown, "manifest unknown"),
             P::BlobUnknown => ApiError::new(ErrorCode::BlobUnknown, "blob unknown"),
             P::NameUnknown => ApiError::new(ErrorCode::NameUnknown, "repository name not known to registry"),
+            // The reference is the client's own, as routed: telling an
+            // operator which image their bundles lack is the point.
+            e @ P::NotInBundles(_) => ApiError::new(subject.unknown(), e.to_string()),
             P::Upstream(u) => ApiError::from_upstream(u, subject),
             e @ P::Corrupt(_) => ApiError::new(subject.unknown(), "upstream content failed verification")
                 .status(StatusCode::BAD_GATEWAY)

@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod blobs;
 pub mod body;
+pub mod catalog;
 pub mod error;
 pub mod headers;
 pub mod manifests;
@@ -150,7 +151,7 @@ async fn dispatch(app: &AppState, req: &Parts, body: Body) -> Result<Response, A
     };
     match route {
         V2Route::Base if read => Ok(([(header::CONTENT_TYPE, "application/json")], "{}").into_response()),
-        V2Route::Catalog => Err(ApiError::unsupported("the catalog")),
+        V2Route::Catalog if read => catalog::list(app, &params).await,
         V2Route::Manifest { name, reference } => {
             let key = match route_key(&name, Subject::Manifest) {
                 Ok(key) => key,

@@ -50,7 +50,11 @@ fn next_link(name: &str, n: usize, last: &str, ns: Option<&str>) -> String {
 
 /// One page of a sorted tag list: tags after `last` (exclusive), at most
 /// `n`; and the tag to continue after when more remain.
-fn paginate<'a>(tags: &'a [String], n: Option<usize>, last: Option<&str>) -> (&'a [String], Option<&'a str>) {
+pub(super) fn paginate<'a>(
+    tags: &'a [String],
+    n: Option<usize>,
+    last: Option<&str>,
+) -> (&'a [String], Option<&'a str>) {
     let start = last.map_or(0, |l| tags.partition_point(|t| t.as_str() <= l));
     let rest = &tags[start..];
     match n {

@@ -14,7 +14,7 @@ use super::name::{NameError, Reference, RepoName};
 pub enum V2Route {
     /// `GET /v2/`: API version check.
     Base,
-    /// `/v2/_catalog`: not offered by a mirror.
+    /// `/v2/_catalog`: the repositories this site holds.
     Catalog,
     /// `/v2/<name>/manifests/<reference>`
     Manifest { name: RepoName, reference: Reference },

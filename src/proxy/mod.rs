@@ -6,6 +6,10 @@
 //! unavailable: served stale) → upstream. By digest: memory → store →
 //! upstream. Blobs: fill in progress → store → upstream fill. Every upstream
 //! fetch is single-flight. Referrers: local ones merged with upstream's.
+//!
+//! Sealed mode (`cache.offline`, `serve --offline`) stops before every
+//! upstream step: what is not held is answered as not in the site's
+//! bundles ([`Error::NotInBundles`]), and no connection is ever opened.
 
 pub mod fill;
 pub mod origin;
@@ -39,6 +43,10 @@ pub enum Error {
     BlobUnknown,
     #[error("repository unknown")]
     NameUnknown,
+    /// Sealed mode (`cache.offline`): `what` (a reference or a blob) is not
+    /// held here, and no upstream may be asked.
+    #[error("{0} is not in this site's bundles (sealed mode)")]
+    NotInBundles(String),
     #[error(transparent)]
     Upstream(#[from] upstream::Error),
     #[error("upstream content failed verification: {0}")]
@@ -212,7 +220,7 @@ impl Proxy {
             return Ok((m, CacheStatus::Hit));
         }
         if self.offline {
-            return Err(Error::ManifestUnknown);
+            return Err(Error::NotInBundles(format!("{key}@{d}")));
         }
         let m = self.fetch_manifest_by_digest(key, d).await?;
         Ok((m, CacheStatus::Miss))
@@ -252,7 +260,7 @@ impl Proxy {
             }
         }
         if self.offline {
-            return Err(Error::ManifestUnknown);
+            return Err(Error::NotInBundles(format!("{key}:{tag}")));
         }
         // Revalidate (or fetch) once, however many clients ask at once.
         let flight_key = (key.clone(), tag.clone());
@@ -295,7 +303,7 @@ impl Proxy {
             return Ok(BlobReply { size: Some(h.size()), cache: CacheStatus::Hit, source: BlobSource::Stored(h) });
         }
         if self.offline {
-            return Err(Error::BlobUnknown);
+            return Err(Error::NotInBundles(format!("blob {d} of {key}")));
         }
         let origin = self.origin(key, None)?;
         if head {

@@ -13,8 +13,11 @@
 //! within that bound) and the cached link (write-through).
 //!
 //! Publishing (manifest PUT, deletes, the blob delete rule) is in
-//! [`publish`]; the referrers index in [`referrers`].
+//! [`publish`]; pinning (air-gap imports) in [`pin`]; the referrers index
+//! in [`referrers`]; the repositories this site holds in [`catalog`].
 
+pub mod catalog;
+pub mod pin;
 pub mod publish;
 pub mod referrers;
 

@@ -86,36 +86,55 @@ impl Registry {
         body: Bytes,
     ) -> Result<Published> {
         let (m, digest) = validate(reference, content_type, &body)?;
-        let size = body.len() as u64;
-        let stored = Arc::new(StoredManifest { digest: digest.clone(), media_type: m.media_type.clone(), body });
-        {
-            let _shared = self.content_gate.read().await;
-            for b in m.required_blobs() {
-                if !self.store.has_blob(&b.digest).await? {
-                    return Err(Error::ManifestBlobUnknown(b.digest.clone()));
-                }
-            }
-            for child in &m.manifests {
-                if !self.has_manifest(&child.digest).await? {
-                    return Err(Error::ManifestBlobUnknown(child.digest.clone()));
-                }
-            }
-            for content in held_by(&m).chain([&digest]) {
-                self.store.put_hold(content, Class::Published, key, &digest).await?;
-            }
-            self.store.put_manifest(&stored).await?;
-            self.manifests.insert(digest.clone(), stored);
-            if let Some(subject) = &m.subject {
-                self.index_referrer(Class::Published, key, &subject.digest, &m, &digest, size).await?;
-            }
-            // Still under the gate: a concurrent delete of this digest must
-            // not slip between the manifest and its tag.
-            if let Reference::Tag(tag) = reference {
-                self.put_local_tag(Class::Published, key, tag, &digest).await?;
-            }
-        }
+        let tag = match reference {
+            Reference::Tag(tag) => Some(tag),
+            Reference::Digest(_) => None,
+        };
+        self.hold_and_store(Class::Published, key, &m, &digest, body, tag).await?;
         tracing::info!(repo = %key, %reference, %digest, "published");
         Ok(Published { digest, subject: m.subject.map(|s| s.digest) })
+    }
+
+    /// Stores a validated manifest `m` (`body`, named `digest`) in `key`'s
+    /// `class`: checks that everything it names is here, holds it, stores
+    /// it, lists it as a referrer of its subject, and sets `tag`, last.
+    /// Publishing and pinning ([`super::pin`]) differ only in the class.
+    pub(super) async fn hold_and_store(
+        &self,
+        class: Class,
+        key: &RepoKey,
+        m: &Manifest,
+        digest: &Digest,
+        body: Bytes,
+        tag: Option<&Tag>,
+    ) -> Result<()> {
+        let size = body.len() as u64;
+        let stored = Arc::new(StoredManifest { digest: digest.clone(), media_type: m.media_type.clone(), body });
+        let _shared = self.content_gate.read().await;
+        for b in m.required_blobs() {
+            if !self.store.has_blob(&b.digest).await? {
+                return Err(Error::ManifestBlobUnknown(b.digest.clone()));
+            }
+        }
+        for child in &m.manifests {
+            if !self.has_manifest(&child.digest).await? {
+                return Err(Error::ManifestBlobUnknown(child.digest.clone()));
+            }
+        }
+        for content in held_by(m).chain([digest]) {
+            self.store.put_hold(content, class, key, digest).await?;
+        }
+        self.store.put_manifest(&stored).await?;
+        self.manifests.insert(digest.clone(), stored);
+        if let Some(subject) = &m.subject {
+            self.index_referrer(class, key, &subject.digest, m, digest, size).await?;
+        }
+        // Still under the gate: a concurrent delete of this digest must
+        // not slip between the manifest and its tag.
+        if let Some(tag) = tag {
+            self.put_local_tag(class, key, tag, digest).await?;
+        }
+        Ok(())
     }
 
     /// Removes manifest `d` from `key`'s published class, with every

@@ -338,6 +338,22 @@ impl Store {
         Ok(listed.into_iter().filter_map(|m| m.location.filename().and_then(|f| f.parse().ok())).collect())
     }
 
+    /// Repositories with at least one tag of `class`, as `(upstream, repo)`
+    /// in no particular order (one listing of the class's tree).
+    pub async fn list_repositories(&self, class: Class) -> Result<Vec<(String, String)>> {
+        let prefix = paths::repos_dir(class);
+        let mut listed = self.objects.list(Some(&prefix));
+        let mut out = std::collections::BTreeSet::new();
+        while let Some(meta) = listed.next().await {
+            match meta {
+                Ok(meta) => out.extend(paths::repo_of_tag(class, &meta.location)),
+                Err(object_store::Error::NotFound { .. }) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
     pub async fn get_taglist(&self, key: &RepoKey) -> Result<Option<Vec<String>>> {
         let Some(raw) = self.get_bytes(&paths::taglist(key)).await? else {
             return Ok(None);

@@ -15,7 +15,7 @@
 //! │                                             its layers and its child manifests. Written
 //! │                                             before the manifest is stored, removed when it
 //! │                                             is deleted: "may this go?" is one listing
-//! ├── repos/<class>/<upstream>/<repo…>/
+//! ├── repos/<class>/<upstream>/<repo…>/           (the catalog: every repository with a tag)
 //! │   ├── _tags/<tag>                           tag link: {"digest": …, "checked": unix secs}
 //! │   ├── _referrers/<alg>/<hex>/<alg>-<hex>    referrers index: the descriptor JSON of a
 //! │   │                                         manifest of this class and repository whose
@@ -137,6 +137,25 @@ fn file_name(d: &Digest) -> String {
     format!("{}-{}", d.algorithm().as_str(), d.hex())
 }
 
+/// Everything of one class: the prefix listed to find its repositories.
+pub fn repos_dir(class: Class) -> Path {
+    Path::from(format!("repos/{}", class.as_str()))
+}
+
+/// The repository a tag link key belongs to: `(upstream, repo)` of
+/// `repos/<class>/<upstream>/<repo…>/_tags/<tag>`, `None` for any other key.
+pub fn repo_of_tag(class: Class, key: &Path) -> Option<(String, String)> {
+    let parts: Vec<_> = key.parts().collect();
+    let parts: Vec<&str> = parts.iter().map(|p| p.as_ref()).collect();
+    match parts.as_slice() {
+        // `_tags` cannot be a repository component: names never start with `_`.
+        ["repos", c, upstream, repo @ .., "_tags", _tag] if *c == class.as_str() && !repo.is_empty() => {
+            Some((upstream.to_string(), repo.join("/")))
+        }
+        _ => None,
+    }
+}
+
 pub fn tags_dir(class: Class, key: &RepoKey) -> Path {
     Path::from(format!("{}/_tags", repo(class, key)))
 }
@@ -194,6 +213,23 @@ mod tests {
         let root = std::path::Path::new("/data").join(UPLOADS_DIR);
         assert_eq!(upload_dir(&root, &id), std::path::Path::new("/data/_uploads/Ab_9-z"));
         assert_eq!(upload_dir(&root, &id).join(UPLOAD_DATA), std::path::Path::new("/data/_uploads/Ab_9-z/data"));
+    }
+
+    #[test]
+    fn tag_keys_name_their_repository() {
+        let k = key("ghcr.io", "klts-io/kubernetes-lts/kube-proxy");
+        let t: Tag = "v1".parse().unwrap();
+        let of = |class, p: &Path| repo_of_tag(class, p);
+        assert_eq!(
+            of(Class::Pinned, &tag(Class::Pinned, &k, &t)),
+            Some(("ghcr.io".into(), "klts-io/kubernetes-lts/kube-proxy".into()))
+        );
+        assert_eq!(of(Class::Cached, &tag(Class::Pinned, &k, &t)), None, "another class");
+        assert_eq!(of(Class::Cached, &taglist(&k)), None, "not a tag");
+        let d: Digest = format!("sha256:{HEX}").parse().unwrap();
+        assert_eq!(of(Class::Pinned, &referrer(Class::Pinned, &k, &d, &d)), None);
+        assert_eq!(of(Class::Pinned, &Path::from("repos/pinned/_tags/x")), None, "no repository");
+        assert!(tag(Class::Pinned, &k, &t).as_ref().starts_with(repos_dir(Class::Pinned).as_ref()));
     }
 
     #[test]

@@ -197,19 +197,31 @@ impl BlobWriter {
     /// used). A spool file that cannot be created is logged and the writer
     /// only hashes ([`BlobWriter::is_durable`] tells).
     pub fn new(store: &Arc<Store>, expected: &Digest) -> BlobWriter {
+        BlobWriter::spooled(store, Verifier::for_digest(expected), expected.to_string())
+    }
+
+    /// A writer for bytes whose digest is known only once they have all
+    /// passed (a `docker save` layer, whose file is named by an image id):
+    /// hashed with `alg`, then named by [`BlobWriter::seal`]. `label` names
+    /// the bytes in logs.
+    pub fn unnamed(store: &Arc<Store>, alg: Algorithm, label: String) -> BlobWriter {
+        BlobWriter::spooled(store, Verifier::with(alg), label)
+    }
+
+    fn spooled(store: &Arc<Store>, verifier: Verifier, label: String) -> BlobWriter {
         let (sink, leftover) = match store.create_spool() {
             Ok((path, file)) => (Some(Sink { path: path.clone(), file: Arc::new(file) }), Some(path)),
             Err(e) => {
-                tracing::warn!(digest = %expected, error = %e, "cannot create a spool file; the blob will not be kept");
+                tracing::warn!(blob = %label, error = %e, "cannot create a spool file; the blob will not be kept");
                 (None, None)
             }
         };
         BlobWriter {
             store: store.clone(),
-            label: expected.to_string(),
+            label,
             sink,
             leftover,
-            verifier: Some(Verifier::for_digest(expected)),
+            verifier: Some(verifier),
             hashing: true,
             len: 0,
             verified: None,
@@ -329,6 +341,21 @@ impl BlobWriter {
         }
         self.verified = Some(actual);
         Ok(got)
+    }
+
+    /// Names the bytes by their own hash, for a writer made with
+    /// [`BlobWriter::unnamed`] (no batch in flight): their digest and size,
+    /// ready to commit. Whoever relies on the result checks it against
+    /// something else (a `docker save` layer: the config's `diff_ids`).
+    pub fn seal(&mut self) -> Result<(Digest, u64), WriteError> {
+        let verifier =
+            self.verifier.take().filter(|_| self.hashing).ok_or_else(|| {
+                WriteError::Io(io::Error::other("the bytes were not all hashed; they cannot be named"))
+            })?;
+        let len = verifier.len();
+        let digest = verifier.finish();
+        self.verified = Some(digest.clone());
+        Ok((digest, len))
     }
 
     /// [`BlobWriter::verify`] for any writer with every byte in its file:
@@ -617,6 +644,19 @@ mod tests {
             let h = store.open_blob(&d).await.unwrap().expect("stored");
             assert_eq!(h.size(), data.len() as u64);
         }
+        assert_eq!(spool_entries(dir.path()), 0, "no spool file left");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn unnamed_bytes_are_named_by_their_hash() {
+        let (store, dir) = store();
+        let data = vec![7u8; 250_000];
+        let mut w = BlobWriter::unnamed(&store, Algorithm::Sha256, "layer.tar".into());
+        write_all(&mut w, &data).await;
+        let (d, len) = w.seal().unwrap();
+        assert_eq!((d.clone(), len), (Digest::of(&data), 250_000));
+        assert!(w.commit().await.unwrap());
+        assert_eq!(store.open_blob(&d).await.unwrap().expect("stored").size(), 250_000);
         assert_eq!(spool_entries(dir.path()), 0, "no spool file left");
     }
 

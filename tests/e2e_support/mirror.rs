@@ -40,10 +40,35 @@ impl Mirror {
         upstream_port: u16,
         default_upstream: &str,
         extra: &str,
+        ready: impl FnMut(u16) -> bool,
+    ) -> Self {
+        Self::start_with_args(dir, upstream_port, default_upstream, extra, &[], ready)
+    }
+
+    /// Sealed mode (`serve --offline`): nothing is ever asked of the
+    /// upstream at `upstream_port` (which need not exist).
+    pub fn start_sealed(dir: &Path, http: &Http, upstream_port: u16) -> Self {
+        Self::start_with_args(dir, upstream_port, "registry.k8s.io", "", &["--offline"], |port| {
+            let url = format!("http://127.0.0.1:{port}/v2/");
+            http.try_get(&url).is_some_and(|r| r.status == 200)
+        })
+    }
+
+    /// The configuration file the mirror runs with (`bundle import` uses it too).
+    pub fn config_path(dir: &Path) -> std::path::PathBuf {
+        dir.join("config.toml")
+    }
+
+    fn start_with_args(
+        dir: &Path,
+        upstream_port: u16,
+        default_upstream: &str,
+        extra: &str,
+        args: &[&str],
         mut ready: impl FnMut(u16) -> bool,
     ) -> Self {
         std::fs::create_dir_all(dir).expect("create mirror dir");
-        let config = dir.join("config.toml");
+        let config = Self::config_path(dir);
         let text = format!(
             "{}
 {extra}
@@ -61,7 +86,8 @@ impl Mirror {
                 .arg("--config")
                 .arg(&config)
                 .arg("--listen")
-                .arg(format!("127.0.0.1:{port}")),
+                .arg(format!("127.0.0.1:{port}"))
+                .args(args),
             &dir.join("mirror.stderr.log"),
         );
         guard.wait_ready(STARTUP_TIMEOUT, || ready(port));
