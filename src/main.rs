@@ -1,4 +1,5 @@
-//! `klts-mirror serve [--config PATH] [--listen ADDR]`.
+//! `klts-mirror serve [--config PATH] [--listen ADDR]`;
+//! `klts-mirror bundle create|verify …` (air-gap bundles, see `airgap`).
 //!
 //! Thin by design: parse arguments, load configuration, set up logging,
 //! bind, and hand over to the library. Configuration problems exit with
@@ -9,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use klts_mirror::airgap::{self, images::ImageSources, progress::Progress};
 use klts_mirror::{Config, Mirror};
 
 #[derive(Parser)]
@@ -29,6 +31,51 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+    /// Air-gap bundles: OCI image layout archives with a lock file.
+    #[command(subcommand)]
+    Bundle(Bundle),
+}
+
+#[derive(Subcommand)]
+enum Bundle {
+    /// Resolve images as `serve` would and write them as one OCI layout
+    /// archive (and OUTPUT's .lock beside it).
+    Create(BundleCreate),
+    /// Re-hash every blob of a bundle and check that nothing is missing.
+    Verify {
+        archive: PathBuf,
+        /// The lock the bundle was made --since: check that it lists all the bundle leaves out.
+        #[arg(long)]
+        base: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct BundleCreate {
+    /// The archive to write (a plain tar).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Add kubeadm's images for this Kubernetes version.
+    #[arg(long = "kubernetes-version", value_name = "V")]
+    kubernetes_versions: Vec<String>,
+    /// Add an image: [host/]repo[:tag|@digest].
+    #[arg(long = "image", value_name = "REF")]
+    images: Vec<String>,
+    /// Add the images of a file: one REF per line, # comments.
+    #[arg(long, value_name = "F")]
+    images_file: Option<PathBuf>,
+    /// Carry only these platforms of multi-arch images (indexes stay whole).
+    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+    platforms: Vec<airgap::images::Platform>,
+    /// Add the pause images containerd releases use as sandbox_image.
+    #[arg(long)]
+    containerd_sandbox: bool,
+    /// Leave out every manifest and blob an older bundle's lock lists.
+    #[arg(long, value_name = "OLD.lock")]
+    since: Option<PathBuf>,
+    /// Configuration file (upstreams, storage) of the mirror to resolve through.
+    #[arg(long, default_value = "./config.toml")]
+    config: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -42,7 +89,63 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Serve { config, listen } => serve(&config, listen),
+        Command::Bundle(Bundle::Create(args)) => bundle_create(args),
+        Command::Bundle(Bundle::Verify { archive, base }) => bundle_verify(&archive, base.as_deref()),
     }
+}
+
+fn bundle_create(a: BundleCreate) -> ExitCode {
+    let cfg = match Config::load(&a.config) {
+        Ok(c) => c,
+        Err(e) => return fail(e, ExitCode::from(2)),
+    };
+    let sources = ImageSources {
+        images: a.images,
+        images_file: a.images_file,
+        kubernetes_versions: a.kubernetes_versions,
+        containerd_sandbox: a.containerd_sandbox,
+    };
+    let images = match sources.gather() {
+        Ok(i) => i,
+        Err(e) => return fail(e, ExitCode::FAILURE),
+    };
+    let mirror = match Mirror::new(&cfg) {
+        Ok(m) => m,
+        Err(e) => return fail(e, ExitCode::from(2)),
+    };
+    let request = airgap::create::Request { output: a.output, images, platforms: a.platforms, since: a.since };
+    let created = klts_mirror::server::runtime()
+        .map_err(|e| airgap::BundleError::Internal(format!("cannot start runtime: {e}")))
+        .and_then(|rt| rt.block_on(airgap::create::create(mirror.proxy().clone(), request, Progress::for_stderr())));
+    match created {
+        Ok(summary) => {
+            summary.lines().iter().for_each(|l| println!("{l}"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e, ExitCode::FAILURE),
+    }
+}
+
+fn bundle_verify(archive: &std::path::Path, base: Option<&std::path::Path>) -> ExitCode {
+    match airgap::verify::verify(archive, base, &Progress::for_stderr()) {
+        Ok(report) if report.is_ok() => {
+            println!("{}: OK: {}", archive.display(), report.summary());
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            println!("{}: {}", archive.display(), report.summary());
+            report.problems.iter().for_each(|p| eprintln!("klts-mirror: {p}"));
+            eprintln!("klts-mirror: {}: {} problems", archive.display(), report.problems.len());
+            ExitCode::FAILURE
+        }
+        Err(e) => fail(e, ExitCode::FAILURE),
+    }
+}
+
+/// Prints an error, one `klts-mirror: ` line per line of it, and exits.
+fn fail(e: impl std::fmt::Display, code: ExitCode) -> ExitCode {
+    e.to_string().lines().for_each(|l| eprintln!("klts-mirror: {l}"));
+    code
 }
 
 fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> ExitCode {
