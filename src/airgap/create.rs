@@ -126,29 +126,45 @@ struct Resolver<'a> {
 impl Resolver<'_> {
     /// Every image with its attachments; all problems at once.
     async fn all(&self, images: &[ImageRef]) -> Result<Vec<Resolved>, BundleError> {
-        let results: Vec<Result<Vec<Resolved>, String>> =
-            stream::iter(images).map(|r| self.image(r)).buffered(RESOLVE_CONCURRENCY).collect().await;
-        let mut resolved = Vec::new();
+        // Routed first, so that two spellings of one image (an alias, the
+        // default upstream left implicit) are fetched once.
         let mut problems = Vec::new();
-        for (r, result) in images.iter().zip(results) {
+        let mut names = HashSet::new();
+        let mut routed = Vec::new();
+        for (i, r) in images.iter().enumerate() {
+            match self.proxy.route(&r.name, None) {
+                Ok(key) => {
+                    let repo = format!("{}/{}", key.upstream(), key.repo());
+                    if names.insert(r.named(&repo)) {
+                        routed.push((i, r, key, repo));
+                    }
+                }
+                Err(e) => problems.push((i, format!("{r}: {e}"))),
+            }
+        }
+        let results: Vec<Result<Vec<Resolved>, String>> = stream::iter(&routed)
+            .map(|(_, r, key, repo)| self.image(r, key, repo))
+            .buffered(RESOLVE_CONCURRENCY)
+            .collect()
+            .await;
+        let mut resolved = Vec::new();
+        for ((i, r, ..), result) in routed.iter().zip(results) {
             match result {
                 Ok(list) => resolved.extend(list),
-                Err(why) => problems.push(format!("{r}: {why}")),
+                Err(why) => problems.push((*i, format!("{r}: {why}"))),
             }
         }
         if problems.is_empty() {
-            Ok(resolved)
-        } else {
-            Err(BundleError::Problems(problems))
+            return Ok(resolved);
         }
+        problems.sort_by_key(|(i, _)| *i);
+        Err(BundleError::Problems(problems.into_iter().map(|(_, line)| line).collect()))
     }
 
-    /// One image and what is attached to it.
-    async fn image(&self, r: &ImageRef) -> Result<Vec<Resolved>, String> {
-        let key = self.proxy.route(&r.name, None).map_err(|e| e.to_string())?;
-        let repo = format!("{}/{}", key.upstream(), key.repo());
-        let top = self.fetch(&key, &r.reference()).await.map_err(|e| describe(&e))?;
-        let image = self.walk(&key, r.named(&repo), top, None).await?;
+    /// One image (routed to `key`, named under `repo`) and what is attached to it.
+    async fn image(&self, r: &ImageRef, key: &RepoKey, repo: &str) -> Result<Vec<Resolved>, String> {
+        let top = self.fetch(key, &r.reference()).await.map_err(|e| describe(&e))?;
+        let image = self.walk(key, r.named(repo), top, None).await?;
         let left = match image.left_out.len() {
             0 => String::new(),
             n => format!(" ({n} platforms left out)"),
@@ -161,7 +177,7 @@ impl Resolver<'_> {
         for _ in 0..MAX_ATTACHMENT_DEPTH {
             let to = all.len();
             for i in from..to {
-                let found = self.attachments(&key, &repo, &all[i], &name).await?;
+                let found = self.attachments(key, repo, &all[i], &name).await?;
                 all.extend(found.into_iter().filter(|a| seen.insert(a.top.digest.clone())));
             }
             from = to;
@@ -378,22 +394,27 @@ impl Source {
 struct Batch {
     name: String,
     entries: Vec<Source>,
+    /// Of what it needs, how much the base carries.
+    from_base: usize,
 }
 
 /// Splits the plan into batches, each digest in the first that needs it.
 fn batches(plan: Plan) -> (Lock, Vec<IndexEntry>, Vec<Batch>) {
-    let mut written: HashSet<Digest> = plan.lock.carried_by_base.iter().cloned().collect();
+    let base = &plan.lock.carried_by_base;
+    let mut written: HashSet<Digest> = HashSet::new();
     let mut out = Vec::new();
     for r in plan.images {
-        let mut entries = Vec::new();
+        let (mut entries, mut from_base) = (Vec::new(), 0);
         let manifests = std::iter::once(r.top).chain(r.manifests).map(Source::Manifest);
         let blobs = r.blobs.into_iter().map(|b| Source::Blob(r.key.clone(), b));
         for s in manifests.chain(blobs) {
-            if written.insert(s.digest().clone()) {
+            if base.contains(s.digest()) {
+                from_base += 1;
+            } else if written.insert(s.digest().clone()) {
                 entries.push(s);
             }
         }
-        out.push(Batch { name: r.name, entries });
+        out.push(Batch { name: r.name, entries, from_base });
     }
     (plan.lock, plan.index, out)
 }
@@ -493,6 +514,12 @@ fn write_archive<W: Write>(
     }
     for batch in batches {
         let bytes = batch.entries.iter().map(Source::size).sum();
+        let how = match (batch.entries.len(), batch.from_base) {
+            (0, 0) => "written (with the images before it)".to_string(),
+            (_, 0) => "written".to_string(),
+            (0, _) => "carried by the base".to_string(),
+            (_, n) => format!("written ({n} manifests and blobs carried by the base)"),
+        };
         let line = progress.image(&batch.name, bytes);
         for source in batch.entries {
             match source {
@@ -503,7 +530,7 @@ fn write_archive<W: Write>(
                 Source::Blob(key, d) => write_blob(rt, proxy, w, &key, &d, &line)?,
             }
         }
-        line.done(if bytes == 0 { "carried by the base" } else { "written" });
+        line.done(&how);
     }
     Ok(())
 }

@@ -190,6 +190,8 @@ fn read(input: impl Read, report: &mut Report) -> Contents {
             },
         }
     }
+    // The end-of-archive blocks and padding: read, so progress reaches the end.
+    let _ = io::copy(&mut archive.into_inner(), &mut io::sink());
     c
 }
 
