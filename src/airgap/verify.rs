@@ -425,3 +425,134 @@ impl<R: Read> Read for Counted<'_, R> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::airgap::bundle::{ArchiveWriter, IndexEntry};
+    use crate::airgap::lock::{Content, LockedImage};
+
+    /// A one-image layout archive (manifest → config + layer) with its
+    /// lock; `edit` changes the blobs (manifest, config, layer) or the lock
+    /// before they are written.
+    fn layout(dir: &Path, edit: impl FnOnce(&mut Vec<(Digest, Vec<u8>)>, &mut Lock)) -> std::path::PathBuf {
+        let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+        let layer = vec![7u8; 3000];
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{}","size":{}}}]}}"#,
+            media::OCI_MANIFEST,
+            Digest::of(&config),
+            config.len(),
+            Digest::of(&layer),
+            layer.len()
+        )
+        .into_bytes();
+        let name = "registry.k8s.io/pause:3.9".to_string();
+        let entry = IndexEntry {
+            name: name.clone(),
+            media_type: media::OCI_MANIFEST.into(),
+            digest: Digest::of(&manifest),
+            size: manifest.len() as u64,
+        };
+        let mut lock = Lock::new();
+        let needs =
+            [(&config, "application/vnd.oci.image.config.v1+json"), (&layer, "application/vnd.oci.image.layer.v1.tar")]
+                .iter()
+                .map(|(b, t)| Content { digest: Digest::of(b), size: b.len() as u64, media_type: t.to_string() })
+                .collect();
+        lock.images.insert(
+            name,
+            LockedImage {
+                digest: entry.digest.clone(),
+                media_type: entry.media_type.clone(),
+                size: entry.size,
+                attached_to: None,
+                needs,
+                left_out: vec![],
+            },
+        );
+        let mut blobs: Vec<(Digest, Vec<u8>)> =
+            [manifest, config, layer].into_iter().map(|b| (Digest::of(&b), b)).collect();
+        edit(&mut blobs, &mut lock);
+        let path = dir.join("site.tar");
+        let mut w = ArchiveWriter::new(std::fs::File::create(&path).unwrap());
+        w.file(bundle::OCI_LAYOUT, bundle::OCI_LAYOUT_BODY).unwrap();
+        w.file(bundle::INDEX_JSON, &bundle::index_json(&[entry])).unwrap();
+        w.file(bundle::LOCK_ENTRY, &lock.to_json()).unwrap();
+        for (d, b) in &blobs {
+            w.blob(d, b.len() as u64, &b[..]).unwrap();
+        }
+        w.finish().unwrap();
+        path
+    }
+
+    fn run(path: &Path) -> Report {
+        verify(path, None, &Progress::quiet()).unwrap()
+    }
+
+    #[test]
+    fn a_whole_layout_passes_with_a_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = run(&layout(dir.path(), |_, _| {}));
+        assert!(r.is_ok(), "{:?}", r.problems);
+        assert_eq!((r.images, r.blobs), (1, 3));
+        assert!(r.bytes > 3000, "{}", r.bytes);
+        assert!(r.summary().starts_with("1 images (0 signatures/attestations), 3 blobs"), "{}", r.summary());
+    }
+
+    #[test]
+    fn damaged_and_missing_blobs_are_each_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut layer, mut config) = (None, None);
+        let path = layout(dir.path(), |blobs, _| {
+            blobs[2].1[1500] ^= 0x80; // the layer, damaged in place
+            layer = Some(blobs[2].0.clone());
+            config = Some(blobs.remove(1).0); // the config, gone
+        });
+        let r = run(&path);
+        let (layer, config) = (layer.unwrap(), config.unwrap());
+        assert_eq!(r.problems.len(), 2, "{:?}", r.problems);
+        assert!(r.problems[0].starts_with(&format!("blob {layer} is damaged")), "{:?}", r.problems);
+        assert!(r.problems[1].starts_with(&format!("{config} is missing")), "{:?}", r.problems);
+    }
+
+    #[test]
+    fn a_lock_that_disagrees_with_index_json_is_a_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = layout(dir.path(), |_, lock| {
+            let image = lock.images.remove("registry.k8s.io/pause:3.9").unwrap();
+            lock.images.insert("registry.k8s.io/pause:3.10".into(), image);
+        });
+        let r = run(&path);
+        assert!(r.problems.iter().any(|p| p.contains("the lock lists registry.k8s.io/pause:3.10")), "{:?}", r.problems);
+        assert!(
+            r.problems.iter().any(|p| p.contains("index.json names registry.k8s.io/pause:3.9")),
+            "{:?}",
+            r.problems
+        );
+    }
+
+    #[test]
+    fn a_truncated_archive_is_reported_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = layout(dir.path(), |_, _| {});
+        let len = std::fs::metadata(&path).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len - 3000).unwrap();
+        let r = run(&path);
+        assert!(r.problems.iter().any(|p| p.contains("ends early")), "{:?}", r.problems);
+        assert!(!r.is_ok());
+    }
+
+    #[test]
+    fn a_layout_without_a_lock_is_checked_from_index_json_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = layout(dir.path(), |blobs, lock| {
+            lock.images.clear();
+            blobs.pop();
+        });
+        let r = run(&path);
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        assert!(r.problems[0].contains("is missing: manifest"), "{:?}", r.problems);
+    }
+}
