@@ -143,6 +143,7 @@ async fn a_two_platform_image_bundles_byte_exact_and_verifies() {
     assert_eq!(summary.lock, dir.path().join("site.lock"));
     assert!(!dir.path().join("site.tar.partial").exists() && !dir.path().join("site.lock.partial").exists());
 
+    assert_eq!(env.upstream.count("GET", "/blobs/"), 4, "each config and layer fetched once");
     let files = entries(&out);
     assert_eq!(files["oci-layout"], br#"{"imageLayoutVersion":"1.0.0"}"#);
     // A bare name is routed as `serve` routes it and named in full.

@@ -44,6 +44,8 @@ use crate::storage::{ByteStream, StoredManifest};
 
 /// Images resolved at once (each is a handful of small requests).
 const RESOLVE_CONCURRENCY: usize = 4;
+/// Blob downloads kept going ahead of the writer.
+const PREFETCH: usize = 3;
 /// Bytes buffered between the tar and the output file.
 const WRITE_BUFFER: usize = 1024 * 1024;
 /// The tag suffixes under which cosign stores what it attaches to
@@ -437,6 +439,15 @@ async fn write(proxy: Arc<Proxy>, plan: Plan, output: &Path, progress: Progress)
         left_out: lock.left_out().len(),
     };
     let lock_body = lock.to_json();
+    let upcoming: Vec<(RepoKey, Digest)> = batches
+        .iter()
+        .flat_map(|b| &b.entries)
+        .filter_map(|s| match s {
+            Source::Blob(key, d) => Some((key.clone(), d.digest.clone())),
+            Source::Manifest(_) => None,
+        })
+        .collect();
+    let prefetch = AbortOnDrop(tokio::spawn(prefetch(proxy.clone(), upcoming)));
     let rt = tokio::runtime::Handle::current();
     let (tmp, body, p) = (archive_tmp.clone(), lock_body.clone(), progress.clone());
     let total = summary.bytes;
@@ -457,6 +468,7 @@ async fn write(proxy: Arc<Proxy>, plan: Plan, output: &Path, progress: Progress)
     .await
     .map_err(|e| BundleError::Internal(e.to_string()))
     .and_then(|r| r);
+    drop(prefetch);
     if let Err(e) = written {
         let _ = std::fs::remove_file(&archive_tmp);
         return Err(e);
@@ -471,6 +483,36 @@ async fn write(proxy: Arc<Proxy>, plan: Plan, output: &Path, progress: Progress)
         return Err(e);
     }
     Ok(summary)
+}
+
+/// Starts the fills of the blobs the writer will want next, a few at a
+/// time, so that downloads overlap instead of queueing behind the tar
+/// (which takes one blob at a time). The writer joins a fill in progress
+/// or finds the blob stored, so each blob is still fetched once; what is
+/// prefetched is what a pull through `serve` would store anyway.
+async fn prefetch(proxy: Arc<Proxy>, blobs: Vec<(RepoKey, Digest)>) {
+    stream::iter(blobs)
+        .for_each_concurrent(PREFETCH, |(key, d)| {
+            let proxy = proxy.clone();
+            async move {
+                // Failures surface when the writer asks for the blob itself.
+                if let Ok(proxy::BlobReply { source: proxy::BlobSource::Filling(fill), .. }) =
+                    proxy.blob(&key, &d, false).await
+                {
+                    let _ = fill.wait_done().await;
+                }
+            }
+        })
+        .await
+}
+
+/// Aborts a task when dropped (the prefetcher, once writing ended either way).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// `site.tar` → `site.tar.partial`.

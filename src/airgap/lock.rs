@@ -35,7 +35,9 @@ use serde::{Deserialize, Serialize};
 use super::BundleError;
 use crate::oci::Digest;
 
-/// The format written; a reader refuses others.
+/// The format written; a reader refuses others. Readers ignore fields they
+/// do not know, so a field can be added without a new version; a change
+/// that an older reader would misread takes one.
 pub const VERSION: u32 = 1;
 
 /// Largest lock read (a lock lists every blob of a bundle: thousands of
@@ -43,7 +45,6 @@ pub const VERSION: u32 = 1;
 const MAX_LOCK_BYTES: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Lock {
     pub version: u32,
     /// The lock this bundle was made `--since`.
@@ -63,7 +64,6 @@ pub struct Lock {
 /// The lock a bundle was made `--since`: the sha256 of its file, and its
 /// file name for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Base {
     pub digest: Digest,
     pub file: String,
@@ -71,7 +71,6 @@ pub struct Base {
 
 /// What one reference resolved to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LockedImage {
     /// The manifest (or index) the reference names, kept byte-exact.
     pub digest: Digest,
@@ -90,7 +89,6 @@ pub struct LockedImage {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Content {
     pub digest: Digest,
     pub size: u64,
@@ -98,7 +96,6 @@ pub struct Content {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LeftOut {
     pub digest: Digest,
     #[serde(default, skip_serializing_if = "Option::is_none")]
