@@ -11,6 +11,7 @@ pub mod create;
 pub mod images;
 pub mod lock;
 pub mod progress;
+mod resolve;
 pub mod verify;
 
 pub use bundle::BundleError;
