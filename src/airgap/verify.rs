@@ -86,7 +86,8 @@ struct Contents {
     index: Option<Vec<u8>>,
     lock: Option<Vec<u8>>,
     blobs: HashMap<Digest, Blob>,
-    /// Bodies of intact blobs that may be manifests (small JSON).
+    /// Bodies of intact blobs that look like manifests (JSON no larger than
+    /// a manifest may be, with a manifest's shape): all the walk reads.
     bodies: HashMap<Digest, Vec<u8>>,
 }
 
@@ -173,7 +174,8 @@ fn read(input: impl Read, report: &mut Report) -> Contents {
                         let intact = got == d;
                         if !intact {
                             report.problems.push(format!("blob {d} is damaged: its bytes hash to {got}"));
-                        } else if let Some(body) = body {
+                        } else if let Some(body) = body.filter(|b| media::sniff(b).is_some()) {
+                            // Configs are JSON too; only manifests are kept.
                             c.bodies.insert(d.clone(), body);
                         }
                         c.blobs.insert(d, Blob { size, intact });
