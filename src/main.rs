@@ -142,7 +142,7 @@ fn bundle_verify(archive: &std::path::Path, base: Option<&std::path::Path>) -> E
     }
 }
 
-/// Prints an error, one `klts-mirror: ` line per line of it, and exits.
+/// Prints an error, one `klts-mirror: ` line per line of it; returns `code`.
 fn fail(e: impl std::fmt::Display, code: ExitCode) -> ExitCode {
     e.to_string().lines().for_each(|l| eprintln!("klts-mirror: {l}"));
     code

@@ -48,9 +48,6 @@ pub enum BundleError {
     /// is not written.
     #[error("blob {digest}: {why}")]
     Corrupt { digest: Digest, why: String },
-    /// The mirror (store, upstream clients) could not be built.
-    #[error("{0}")]
-    Mirror(String),
     #[error("internal: {0}")]
     Internal(String),
 }
