@@ -19,6 +19,8 @@
 //! - [`http`]: the axum edge; the only module that speaks HTTP to clients,
 //!   where requests are authorized ([`http::auth`]) and bearer tokens are
 //!   issued and checked ([`http::token`]).
+//! - [`airgap`]: bundles for air-gapped sites (OCI layout archives, their
+//!   lock files), made through the proxy.
 //! - [`server`]: the listener: connection cap, header and idle timeouts,
 //!   TLS handshakes.
 //! - [`airgap`]: bundles for air-gapped sites; [`airgap::import`] pins an

@@ -1,6 +1,6 @@
 //! `klts-mirror serve [--config PATH] [--listen ADDR] [--offline]`,
-//! `klts-mirror images --kubernetes-version V [--image-repository R]` and
-//! `klts-mirror bundle import ARCHIVE [--config PATH]`.
+//! `klts-mirror images --kubernetes-version V [--image-repository R]`,
+//! `klts-mirror bundle create|verify|import …` (air-gap bundles, see `airgap`).
 //!
 //! Thin by design: parse arguments, load configuration, set up logging,
 //! bind, and hand over to the library. Configuration problems and bad
@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use klts_mirror::airgap::{self, images::ImageSources, progress::Progress};
 use klts_mirror::kubeadm::{self, KubernetesVersion};
 use klts_mirror::{Config, Mirror};
 
@@ -54,6 +55,16 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BundleCommand {
+    /// Resolve images as `serve` would and write them as one OCI layout
+    /// archive (and OUTPUT's .lock beside it).
+    Create(BundleCreate),
+    /// Re-hash every blob of a bundle and check that nothing is missing.
+    Verify {
+        archive: PathBuf,
+        /// The lock the bundle was made --since: check that it lists all the bundle leaves out.
+        #[arg(long)]
+        base: Option<PathBuf>,
+    },
     /// Load an archive (OCI layout tar, .tar.gz, .tar.zst, or docker save)
     /// into the store as pinned images; safe while the server runs, and
     /// resumable.
@@ -64,6 +75,34 @@ enum BundleCommand {
         #[arg(long, default_value = "./config.toml")]
         config: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct BundleCreate {
+    /// The archive to write (a plain tar).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Add kubeadm's images for this Kubernetes version.
+    #[arg(long = "kubernetes-version", value_name = "V")]
+    kubernetes_versions: Vec<String>,
+    /// Add an image: [host/]repo[:tag|@digest].
+    #[arg(long = "image", value_name = "REF")]
+    images: Vec<String>,
+    /// Add the images of a file: one REF per line, # comments.
+    #[arg(long, value_name = "F")]
+    images_file: Option<PathBuf>,
+    /// Carry only these platforms of multi-arch images (indexes stay whole).
+    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+    platforms: Vec<airgap::images::Platform>,
+    /// Add the pause images containerd releases use as sandbox_image.
+    #[arg(long)]
+    containerd_sandbox: bool,
+    /// Leave out every manifest and blob an older bundle's lock lists.
+    #[arg(long, value_name = "OLD.lock")]
+    since: Option<PathBuf>,
+    /// Configuration file (upstreams, storage) of the mirror to resolve through.
+    #[arg(long, default_value = "./config.toml")]
+    config: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -78,6 +117,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config, listen, offline } => serve(&config, listen, offline),
         Command::Bundle { command: BundleCommand::Import { archive, config } } => bundle_import(&config, &archive),
+        Command::Bundle { command: BundleCommand::Create(args) } => bundle_create(args),
+        Command::Bundle { command: BundleCommand::Verify { archive, base } } => {
+            bundle_verify(&archive, base.as_deref())
+        }
         Command::Images { kubernetes_version, image_repository } => {
             images(&kubernetes_version, image_repository.as_deref())
         }
@@ -101,6 +144,60 @@ fn images(version: &str, repository: Option<&str>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(_) => ExitCode::FAILURE,
     }
+}
+
+fn bundle_create(a: BundleCreate) -> ExitCode {
+    let cfg = match Config::load(&a.config) {
+        Ok(c) => c,
+        Err(e) => return fail(e, ExitCode::from(2)),
+    };
+    let sources = ImageSources {
+        images: a.images,
+        images_file: a.images_file,
+        kubernetes_versions: a.kubernetes_versions,
+        containerd_sandbox: a.containerd_sandbox,
+    };
+    let images = match sources.gather() {
+        Ok(i) => i,
+        Err(e) => return fail(e, ExitCode::FAILURE),
+    };
+    let mirror = match Mirror::new(&cfg) {
+        Ok(m) => m,
+        Err(e) => return fail(e, ExitCode::from(2)),
+    };
+    let request = airgap::create::Request { output: a.output, images, platforms: a.platforms, since: a.since };
+    let created = klts_mirror::server::runtime()
+        .map_err(|e| airgap::BundleError::Internal(format!("cannot start runtime: {e}")))
+        .and_then(|rt| rt.block_on(airgap::create::create(mirror.proxy().clone(), request, Progress::for_stderr())));
+    match created {
+        Ok(summary) => {
+            summary.lines().iter().for_each(|l| println!("{l}"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e, ExitCode::FAILURE),
+    }
+}
+
+fn bundle_verify(archive: &std::path::Path, base: Option<&std::path::Path>) -> ExitCode {
+    match airgap::verify::verify(archive, base, &Progress::for_stderr()) {
+        Ok(report) if report.is_ok() => {
+            println!("{}: OK: {}", archive.display(), report.summary());
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            println!("{}: {}", archive.display(), report.summary());
+            report.problems.iter().for_each(|p| eprintln!("klts-mirror: {p}"));
+            eprintln!("klts-mirror: {}: {} problems", archive.display(), report.problems.len());
+            ExitCode::FAILURE
+        }
+        Err(e) => fail(e, ExitCode::FAILURE),
+    }
+}
+
+/// Prints an error, one `klts-mirror: ` line per line of it; returns `code`.
+fn fail(e: impl std::fmt::Display, code: ExitCode) -> ExitCode {
+    e.to_string().lines().for_each(|l| eprintln!("klts-mirror: {l}"));
+    code
 }
 
 /// The configuration, or exit code 2 with one line naming the key.

@@ -1,72 +1,100 @@
-//! End-to-end air-gap flow with the real tools: skopeo writes a multi-arch
-//! OCI layout into an `oci-archive:` tar (as a site would carry it in),
-//! `klts-mirror bundle import` loads it beside a sealed mirror
-//! (`serve --offline`, its upstream a closed port), and skopeo pulls it
-//! back through the mirror in every name shape with the layout's digests.
+//! End-to-end air-gap bundles: `klts-mirror bundle create` resolves images
+//! from Debian's `docker-registry` (seeded by the harness, 127.0.0.1 only)
+//! and skopeo reads the archive it writes as `oci-archive:site.tar:<ref>`,
+//! with the digests upstream serves. Missing tools fail the test, never
+//! skip it: run `scripts/install-test-deps.sh` first.
 
 mod e2e_support;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use e2e_support::http::{Http, CONTAINERD_ACCEPT};
-use e2e_support::mirror::Mirror;
+use e2e_support::http::Http;
+use e2e_support::mirror::mirror_config;
 use e2e_support::oci_image::build_multi_arch_layout;
-use e2e_support::process::{free_port, require_tools};
-use e2e_support::skopeo;
+use e2e_support::process::{loopback_only, require_tools};
+use e2e_support::upstream::Upstream;
+use e2e_support::{sha256_digest, skopeo};
+
+fn klts_mirror(args: &[&str], config: &Path) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_klts-mirror"));
+    cmd.args(args).arg("--config").arg(config);
+    loopback_only(&mut cmd).output().expect("run klts-mirror")
+}
+
+fn assert_success(what: &str, out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn copied_digest(out: &Path) -> String {
+    sha256_digest(&std::fs::read(out.join("manifest.json")).expect("skopeo wrote manifest.json"))
+}
 
 #[test]
-fn skopeo_oci_archive_imported_and_pulled_back_sealed() {
-    require_tools(&["skopeo", "tar", "gzip"]);
+fn skopeo_reads_a_bundle_made_from_docker_registry_with_the_upstream_digests() {
+    require_tools(&["docker-registry", "skopeo", "tar", "gzip"]);
     let tmp = tempfile::Builder::new().prefix("klts-e2e-bundle-").tempdir().expect("tempdir");
+    let path = |name: &str| -> PathBuf { tmp.path().join(name) };
     let http = Http::new();
     let layout = build_multi_arch_layout(tmp.path(), "layout");
-    let archive = tmp.path().join("site.tar");
-    skopeo::push_all(
-        tmp.path(),
-        &layout.skopeo_ref(),
-        &format!("oci-archive:{}:registry.k8s.io/kube-apiserver:v1.30.0-e2e", archive.display()),
-    );
+    let upstream = Upstream::start_seeded(&path("upstream"), &http, &layout);
+    std::fs::create_dir_all(path("mirror")).unwrap();
+    let config = path("mirror/config.toml");
+    std::fs::write(&config, mirror_config(&path("mirror"), upstream.port, "registry.k8s.io")).unwrap();
 
-    let dir = tmp.path().join("mirror");
-    let mut mirror = Mirror::start_sealed(&dir, &http, free_port());
-    let manifest_url = format!("{}/v2/kube-apiserver/manifests/v1.30.0-e2e", mirror.base_url());
-    assert_eq!(http.get(&manifest_url, Some(CONTAINERD_ACCEPT)).status, 404, "not imported yet");
+    // Every platform of three images, named three ways.
+    let archive = path("site.tar");
+    let images = ["kube-apiserver:v1.30.0", "docker.io/busybox:1.36", "registry.k8s.io/coredns/coredns:v1.11.1"];
+    let mut args = vec!["bundle", "create", "-o", archive.to_str().unwrap()];
+    images.iter().for_each(|i| args.extend(["--image", i]));
+    assert_success("bundle create", &klts_mirror(&args, &config));
+    assert!(path("site.lock").exists());
+    let verified = Command::new(env!("CARGO_BIN_EXE_klts-mirror")).args(["bundle", "verify"]).arg(&archive).output();
+    assert_success("bundle verify", &verified.unwrap());
 
-    let out = Command::new(env!("CARGO_BIN_EXE_klts-mirror"))
-        .args(["bundle", "import"])
-        .arg(&archive)
-        .arg("--config")
-        .arg(Mirror::config_path(&dir))
-        .output()
-        .expect("run bundle import");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("images pinned: 1") && stdout.contains("blobs imported: 7"), "{stdout}");
-
-    let imported = Instant::now();
-    while http.get(&manifest_url, Some(CONTAINERD_ACCEPT)).status != 200 {
-        assert!(imported.elapsed() < Duration::from_millis(2500), "served within 2 s of the import");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let host = mirror.host();
-    for name in [
-        format!("{host}/kube-apiserver:v1.30.0-e2e"),
-        format!("{host}/registry.k8s.io/kube-apiserver:v1.30.0-e2e"),
-        format!("{host}/k8s.gcr.io/kube-apiserver:v1.30.0-e2e"),
+    for (name, repo, tag) in [
+        ("registry.k8s.io/kube-apiserver:v1.30.0", "kube-apiserver", "v1.30.0"),
+        ("docker.io/library/busybox:1.36", "library/busybox", "1.36"),
+        ("registry.k8s.io/coredns/coredns:v1.11.1", "coredns/coredns", "v1.11.1"),
     ] {
-        assert_eq!(skopeo::inspect_raw_digest(tmp.path(), &name), layout.index_digest, "{name}");
+        let expected = upstream.manifest_digest(&http, repo, tag);
+        let out = path(&format!("copy-{}", repo.replace('/', "_")));
+        let copied = skopeo::copy_from_archive(tmp.path(), &archive, name, &out, None);
+        assert_success(&format!("skopeo copy --all oci-archive:…:{name}"), &copied);
+        assert_eq!(copied_digest(&out), expected, "{name}: the index as upstream serves it");
+        for p in &layout.platforms {
+            let layer = out.join(p.layer_digest.trim_start_matches("sha256:"));
+            assert_eq!(sha256_digest(&std::fs::read(&layer).unwrap()), p.layer_digest, "{name}: {}", p.architecture);
+        }
     }
-    let pulled = skopeo::pull_all(tmp.path(), &format!("{host}/kube-apiserver:v1.30.0-e2e"), &tmp.path().join("out"));
-    assert_eq!(pulled.index_digest, layout.index_digest);
-    for d in layout.all_digests().iter().skip(1) {
-        // skopeo's dir: names blobs by hex, child manifests `<hex>.manifest.json`.
-        let hex = d.trim_start_matches("sha256:");
-        let out = tmp.path().join("out");
-        assert!(out.join(hex).exists() || out.join(format!("{hex}.manifest.json")).exists(), "{d} pulled");
-    }
-    let missing = http.get(&format!("{}/v2/pause/manifests/3.9", mirror.base_url()), Some(CONTAINERD_ACCEPT));
-    assert_eq!(missing.status, 404);
-    assert!(String::from_utf8_lossy(&missing.body).contains("not in this site's bundles"));
-    mirror.assert_running();
+
+    // One platform: skopeo reads that platform; the other is not there.
+    let narrow = path("arm64.tar");
+    let args = [
+        "bundle",
+        "create",
+        "-o",
+        narrow.to_str().unwrap(),
+        "--platform",
+        "linux/arm64",
+        "--image",
+        "kube-proxy:v1.30.0",
+    ];
+    assert_success("bundle create --platform", &klts_mirror(&args, &config));
+    let arm64 = layout.platforms.iter().find(|p| p.architecture == "arm64").unwrap();
+    let out = path("copy-arm64");
+    let copied =
+        skopeo::copy_from_archive(tmp.path(), &narrow, "registry.k8s.io/kube-proxy:v1.30.0", &out, Some("arm64"));
+    assert_success("skopeo copy --override-arch arm64", &copied);
+    assert_eq!(copied_digest(&out), arm64.manifest_digest);
+    let out = path("copy-amd64");
+    let copied =
+        skopeo::copy_from_archive(tmp.path(), &narrow, "registry.k8s.io/kube-proxy:v1.30.0", &out, Some("amd64"));
+    assert!(!copied.status.success(), "amd64 was left out of the bundle");
 }

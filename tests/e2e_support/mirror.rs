@@ -111,7 +111,7 @@ impl Mirror {
 
 /// The config the brief prescribes: both upstreams on the same loopback
 /// registry, k8s.gcr.io as an alias, filesystem storage in the tempdir.
-fn mirror_config(dir: &Path, upstream_port: u16, default_upstream: &str) -> String {
+pub fn mirror_config(dir: &Path, upstream_port: u16, default_upstream: &str) -> String {
     let upstream = toml_str(&format!("http://127.0.0.1:{upstream_port}"));
     format!(
         "listen = \"127.0.0.1:0\"\n\n\

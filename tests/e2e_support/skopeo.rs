@@ -144,3 +144,23 @@ pub fn inspect_raw_digest(work: &Path, reference: &str) -> String {
     );
     sha256_digest(&out.stdout)
 }
+
+/// `skopeo copy oci-archive:<archive>:<name> dir:<out>`: every platform
+/// (`--all`, digests preserved) or, with `arch`, that linux platform only.
+/// The output is returned whether or not skopeo succeeded.
+pub fn copy_from_archive(
+    work: &Path,
+    archive: &Path,
+    name: &str,
+    out: &Path,
+    arch: Option<&str>,
+) -> std::process::Output {
+    let mut cmd = skopeo(work);
+    cmd.arg("copy");
+    match arch {
+        None => cmd.arg("--all").arg("--preserve-digests"),
+        Some(a) => cmd.arg("--override-os").arg("linux").arg("--override-arch").arg(a),
+    };
+    cmd.arg(format!("oci-archive:{}:{name}", archive.display())).arg(format!("dir:{}", out.display()));
+    super::process::loopback_only(&mut cmd).output().expect("run skopeo")
+}
