@@ -11,6 +11,8 @@ means the target did not answer in time (kept as +inf, printed "timeout").
   keys are <metric>.head / <metric>.base, --vars fills in the sizes.
 --profile push: push.sh, klts-mirror against distribution (push_rows());
   same table as compare, --vars fills in the sizes.
+--profile bundle: bundle.sh, klts-mirror bundle create/import/verify against
+  cp and sha256sum of the same bytes (bundle_rows()); same table as compare.
 
 Each table row compares the median of a klts-mirror key with the median of a
 peer key and checks it against a target.  Rows whose target is an exact count
@@ -136,6 +138,47 @@ def push_rows(v):
     ]
 
 
+# bundle profile: klts key -> guard key; a peak RSS only means something if
+# that run's command completed and checked out (guard == 1 in every run).
+BUNDLE_GUARDS = {"create.rss.klts": "create.ok.klts", "import.rss.klts": "import.ok.klts"}
+
+
+def bundle_rows(v):
+    """Rows of bundle.sh, in the shape of ROWS.  v: sizes the run used.
+    Sides: klts (the command), ref (cp + fsync of the copies), cp (the same
+    cp without its fsync), sha (sha256sum)."""
+    mib = v["size_mib"]
+    size = f"{mib}MiB" if mib % 1024 else f"{mib // 1024}GiB"
+    n = v["nimages"]
+    rows = []
+    for tag, key, what, ref in (
+        ("A", "create", f"create: {n} images, {size} of layers, warm store", "store layer files"),
+        ("B", "import", f"import: {size} site.tar into an empty store", "site.tar"),
+    ):
+        rows += [
+            (f"{tag} {what}", "MiB/s", f"{key}.mibs.klts", f"cp {ref} + fsync", f"{key}.mibs.ref", "ratio_ge", 0.8),
+            (f"{tag} {key}: same, against cp without fsync", "MiB/s", f"{key}.mibs.klts", "cp (page cache)",
+             f"{key}.mibs.cp", "info", None),
+            (f"{tag} {key}: peak RSS", "MiB", f"{key}.rss.klts", "cp", f"{key}.rss.cp", "abs_le", 64.0),
+            (f"{tag} {key}: CPU time (user + sys)", "s", f"{key}.cpu.klts", "cp", f"{key}.cpu.cp", "info", None),
+            (f"{tag} {key}: completed and checked", "of 1", f"{key}.ok.klts", "cp", f"{key}.ok.cp", "all_eq", 1),
+        ]
+        if key == "create":
+            rows.append((f"{tag} create: blobs fetched from upstream", "GETs", "create.upgets.klts", "-", None,
+                         "all_eq", 0))
+        rows.append((f"{tag} {key}: sources in page cache before", "%", f"{key}.cached.klts", "cp",
+                     f"{key}.cached.ref", "info", None))
+    rows += [
+        (f"C verify {size} site.tar (re-hash)", "MiB/s", "verify.mibs.klts", "sha256sum", "verify.mibs.sha", "info", None),
+        ("C verify: peak RSS", "MiB", "verify.rss.klts", "sha256sum", "verify.rss.sha", "info", None),
+        ("C verify: CPU time (user + sys)", "s", "verify.cpu.klts", "sha256sum", "verify.cpu.sha", "info", None),
+        ("C verify: OK", "of 1", "verify.ok.klts", "sha256sum", "verify.ok.sha", "all_eq", 1),
+        ("C verify: site.tar in page cache before", "%", "verify.cached.klts", "sha256sum", "verify.cached.sha",
+         "info", None),
+    ]
+    return rows
+
+
 def load(path):
     samples = {}
     if os.path.exists(path):
@@ -203,12 +246,13 @@ def main():
     ap.add_argument("--json", required=True)
     ap.add_argument("--runs", type=int, required=True)
     ap.add_argument("--meta", default="{}", help="extra JSON object merged into the output")
-    ap.add_argument("--profile", choices=("compare", "load", "push"), default="compare")
+    ap.add_argument("--profile", choices=("compare", "load", "push", "bundle"), default="compare")
     ap.add_argument("--vars", default="{}", help="load profile: sizes/counts (JSON)")
     a = ap.parse_args()
     s = load(a.samples)
     lvars = json.loads(a.vars)
-    row_defs = {"compare": lambda: ROWS, "load": lambda: load_rows(lvars), "push": lambda: push_rows(lvars)}[a.profile]()
+    row_defs = {"compare": lambda: ROWS, "load": lambda: load_rows(lvars), "push": lambda: push_rows(lvars),
+                "bundle": lambda: bundle_rows(lvars)}[a.profile]()
     notes = []
 
     rows = []
@@ -240,6 +284,12 @@ def main():
                 status = "invalid"
                 notes.append(f"invalid: '{scen}' judged only when all {lvars[gv]} pushes of every run "
                              f"verified ({gk} = {[jval(x) for x in g]})")
+        elif a.profile == "bundle" and kk in BUNDLE_GUARDS and status in ("PASS", "FAIL"):
+            g = s.get(BUNDLE_GUARDS[kk], [])
+            if not g or any(x != 1 for x in g):
+                status = "invalid"
+                notes.append(f"invalid: '{scen}' judged only when every run completed and checked out "
+                             f"({BUNDLE_GUARDS[kk]} = {[jval(x) for x in g]})")
         rows.append({
             "scenario": scen, "unit": unit, "peer": peer,
             "klts_median": k_med, "peer_median": p_med, "ratio": ratio,
@@ -249,7 +299,7 @@ def main():
         })
 
     ratio_txt = lambda r: f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
-    if a.profile in ("compare", "push"):
+    if a.profile in ("compare", "push", "bundle"):
         hdr = ("scenario", "unit", "klts-mirror", "peer", "peer median", "ratio", "target", "result")
         table = [hdr] + [(r["scenario"], r["unit"], fmt(r["klts_median"]), r["peer"], fmt(r["peer_median"]),
                           ratio_txt(r), r["target"], r["status"]) for r in rows]
@@ -273,7 +323,7 @@ def main():
     print(f"\n{n_pass}/{n_judged} targets met (RUNS={a.runs}, values are medians over runs)")
     for n in notes:
         print(n)
-    if a.profile in ("load", "push"):
+    if a.profile in ("load", "push", "bundle"):
         out_vars = {"vars": json.loads(a.vars)}
     else:
         out_vars = {}

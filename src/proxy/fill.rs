@@ -26,7 +26,9 @@
 //! - Exactly one upstream request per digest, however many clients ask; the
 //!   map entry lives until the blob is committed (or the fill failed), and a
 //!   request checks the map before the store, so no request can slip into
-//!   the gap between commit and removal and fetch a second time.
+//!   the gap between commit and removal and fetch a second time; and a
+//!   fill started by a request that checked both just before another fill
+//!   committed serves the stored file instead of fetching again.
 //! - Readers get bytes as soon as they are on disk, not when the download
 //!   ends. The blob's last byte is held back until the whole blob matched
 //!   its digest and size, so no response that reaches the end of the blob
@@ -180,6 +182,10 @@ struct Job {
 impl Job {
     async fn run(self, fetch: impl Future<Output = Result<BlobBody, upstream::Error>>) {
         let digest = self.fill.digest.clone();
+        if self.serve_stored().await {
+            self.leave_map();
+            return;
+        }
         let result = match self.fills.permits.clone().acquire_owned().await {
             Ok(_permit) => self.download(fetch).await,
             Err(_) => Err(Error::Internal("fill limiter closed".into())),
@@ -202,10 +208,33 @@ impl Job {
         self.state.send_modify(|s| s.done = true);
         // Removed only now: until here, the map (not the store) is where a
         // new request finds this blob.
+        self.leave_map();
+    }
+
+    fn leave_map(&self) {
         let mut map = self.fills.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if map.get(&digest).is_some_and(|f| f.id == self.fill.id) {
-            map.remove(&digest);
+        if map.get(&self.fill.digest).is_some_and(|f| f.id == self.fill.id) {
+            map.remove(&self.fill.digest);
         }
+    }
+
+    /// Closes the last gap of single-flight: a request that found neither a
+    /// fill nor the blob can start its fill just after another fill
+    /// committed the blob and left the map. Such a fill serves the stored
+    /// file instead of fetching again (when the store has local files).
+    async fn serve_stored(&self) -> bool {
+        let Ok(Some(storage::BlobHandle::File { file, size })) = self.store.open_blob(&self.fill.digest).await else {
+            return false;
+        };
+        let _ = self.fill.file.set(file);
+        self.state.send_modify(|s| {
+            s.started = true;
+            s.size = Some(size);
+            s.available = size;
+            s.durable = size;
+            s.verified = true;
+        });
+        true
     }
 
     /// Streams upstream through a [`BlobWriter`] (into the spool file, or,
@@ -644,5 +673,27 @@ mod tests {
             }
         }
         out
+    }
+
+    /// A fill started for a blob that is already stored (another fill
+    /// committed it in the meantime) serves the stored file, never fetching.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_fill_for_a_blob_committed_meanwhile_serves_the_stored_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::StorageConfig { path: dir.path().join("data"), ..Default::default() };
+        let store = Arc::new(Store::open(&cfg).unwrap());
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 233) as u8).collect();
+        let d = Digest::of(&data);
+        let fills = Arc::new(Fills::default());
+        let (tx, body) = body(Some(data.len() as u64));
+        let first = fills.join_or_start(&d, &store, || async move { Ok(body) });
+        tx.send(Ok(Bytes::from(data.clone()))).await.unwrap();
+        drop(tx);
+        first.wait_verified().await.unwrap();
+        settle(&fills).await;
+        let again = fills.join_or_start(&d, &store, || async { panic!("the stored blob is not fetched again") });
+        assert_eq!(again.wait_verified().await.unwrap(), data.len() as u64);
+        assert_eq!(collect(again.stream(0, None)).await.unwrap(), data);
+        settle(&fills).await;
     }
 }
