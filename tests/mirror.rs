@@ -619,3 +619,33 @@ async fn sha512_digests_are_accepted() {
     let bad = format!("sha384:{}", "ab".repeat(48));
     assert_error(env.get(&format!("/v2/pause/blobs/{bad}")).await, 400, "DIGEST_INVALID").await;
 }
+
+/// kubeadm with `imageRepository` at the mirror asks for `coredns:v1.8.6`;
+/// a sealed site holds kubeadm's `registry.k8s.io/coredns/coredns:v1.8.6`
+/// (pinned by a bundle import or published): the CoreDNS rule applies to
+/// what the site holds too, without any upstream.
+#[tokio::test]
+async fn the_coredns_rule_finds_pinned_coredns_coredns_when_sealed() {
+    use klts_mirror::oci::{Digest, RepoKey};
+    use klts_mirror::storage::{Class, StoredManifest};
+    let env = Env::with(Options { offline: true, ..Default::default() }).await;
+    let body = bytes::Bytes::from_static(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[],"annotations":{"coredns":"v1.8.6"}}"#);
+    let m = StoredManifest { digest: Digest::of(&body), media_type: OCI_MANIFEST.into(), body };
+    let proxy = env.mirror.proxy();
+    proxy.store().put_manifest(&m).await.unwrap();
+    let key = RepoKey::new("registry.k8s.io".into(), "coredns/coredns".parse().unwrap());
+    proxy.put_local_tag(Class::Pinned, &key, &"v1.8.6".parse().unwrap(), &m.digest).await.unwrap();
+    for p in [
+        "/v2/coredns/manifests/v1.8.6",
+        "/v2/k8s.gcr.io/coredns/manifests/v1.8.6",
+        "/v2/coredns/coredns/manifests/v1.8.6",
+    ] {
+        let r = env.get(p).await;
+        assert_eq!(r.status(), 200, "{p}");
+        assert_eq!(r.headers()["docker-content-digest"], m.digest.to_string().as_str(), "{p}");
+    }
+    // Only `v` tags of the Kubernetes upstreams take the rule.
+    assert_error(env.get("/v2/coredns/manifests/1.8.6").await, 404, "MANIFEST_UNKNOWN").await;
+    assert_error(env.get("/v2/docker.io/coredns/manifests/v1.8.6").await, 404, "MANIFEST_UNKNOWN").await;
+    assert_eq!(env.upstream.total(), 0, "sealed: nothing asked upstream");
+}

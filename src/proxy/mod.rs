@@ -243,7 +243,7 @@ impl Proxy {
     }
 
     async fn manifest_by_tag(&self, key: &RepoKey, tag: &Tag) -> Result<(Arc<StoredManifest>, CacheStatus)> {
-        if let Some((class, digest)) = self.registry.local_tag(key, tag).await? {
+        if let Some((class, digest)) = self.local_tag(key, tag).await? {
             let m = self.registry.manifest(&digest).await?.ok_or_else(|| {
                 tracing::error!(repo = %key, %tag, %digest, class = class.as_str(), "tag points to a missing manifest");
                 Error::ManifestUnknown
@@ -266,6 +266,24 @@ impl Proxy {
         let flight_key = (key.clone(), tag.clone());
         let this = self.tag_resolver(key, tag, cached);
         self.tag_flights.run(flight_key, || this).await
+    }
+
+    /// The published or pinned tag of `key`, else, by the CoreDNS rule (see
+    /// `origin`), that of `coredns/coredns`: a sealed site imported
+    /// kubeadm's `registry.k8s.io/coredns/coredns:v1.8.6`, and kubeadm with
+    /// `imageRepository` pointed at the mirror asks for `coredns:v1.8.6`.
+    async fn local_tag(&self, key: &RepoKey, tag: &Tag) -> Result<Option<(Class, Digest)>> {
+        if let Some(found) = self.registry.local_tag(key, tag).await? {
+            return Ok(Some(found));
+        }
+        let coredns = key.repo().as_str() == "coredns"
+            && tag.as_str().starts_with('v')
+            && self.routing.is_kubernetes(key.upstream());
+        if !coredns {
+            return Ok(None);
+        }
+        let alt = RepoKey::new(key.upstream().into(), "coredns/coredns".parse().expect("static name"));
+        Ok(self.registry.local_tag(&alt, tag).await?)
     }
 
     /// Builds the single-flight work that revalidates or fetches a tag.
