@@ -3,19 +3,21 @@
 # throughput against `cp` of the same bytes on the same disk, and the peak
 # RSS of each command.
 #
-#   bash benches/bundle.sh            # RUNS=3, a 2 GiB bundle (4 images x 512 MiB)
-#   QUICK=1 bash benches/bundle.sh    # smoke run: RUNS=1, a 256 MiB bundle (under a minute)
+#   bash benches/bundle.sh            # RUNS=3, a 2 GiB bundle (4 images x 512 MiB), ~7 minutes
+#   QUICK=1 bash benches/bundle.sh    # smoke run: RUNS=1, a 256 MiB bundle (about a minute)
 #
 # Data: NIMAGES single-layer images whose layers (incompressible AES-CTR
 # keystream, fixed keys, SIZE_MIB / NIMAGES each) total SIZE_MIB, served by
 # benches/lib/upstream.py on 127.0.0.1.  klts-mirror is a release build of
-# this checkout with a filesystem store in $WORK (the same ext4/xfs/... as
+# this checkout with a filesystem store in $WORK (the same filesystem as
 # every copy below).  Set-up runs `bundle create` once (the warm-up: it fills
 # the store from the upstream) and keeps that archive as site.tar.
 #
-# Scenarios (SCENARIOS="create import verify"), klts-mirror and its reference
-# alternating (odd runs klts-mirror first), `sync` before every timed command
-# and the destination removed after it:
+# Scenarios (SCENARIOS="create import verify").  In create and import, each
+# run times three commands, rotated one place per run so each goes first
+# equally often (run 1: klts-mirror, cp, dd); before each: `sync`, then
+# SETTLE_S seconds of nothing (see "Memory state" below); after each, its
+# output is removed.
 #   create  `bundle create -o out.tar --image bench/img1:v1 ... --config C`
 #           from the warm store (the upstream stays up, answers the tag
 #           revalidation, and must serve no blob: counted).  MiB/s = archive
@@ -28,28 +30,45 @@
 #           exit 0, NIMAGES images pinned, every layer stored with its size.
 #           Reference: `cp --reflink=never site.tar` to a new file, then
 #           `sync` of it (import fdatasyncs every blob before naming it).
+#   dd      (diagnostic side of both) `dd bs=1M` of the same files + `sync`:
+#           the same copy in 1 MiB read()s and write()s, the write size both
+#           commands use (cp uses 128 KiB), without any hashing.  klts-mirror
+#           against dd separates the cost of hashing from that of the I/O
+#           pattern.
 #   verify  `bundle verify site.tar` (re-hashes everything, writes nothing);
-#           info only, beside `sha256sum site.tar` (one pass of the hash).
+#           info only, beside `openssl dgst -sha256 site.tar` (one pass of
+#           the hash, with the CPU's SHA extensions where it has them: the
+#           hashing ceiling of this box).  No settle time (nothing written).
 # Judged: create and import >= 0.8x cp + fsync; peak RSS ("Maximum resident
 # set size" of /usr/bin/time -v) <= 64 MiB for create and import.  The same
-# cp run without its fsync is shown too (info): it measures copying into the
-# page cache, not writing to the disk.
+# cp without its fsync is shown too (info): copying into the page cache.
 #
-# Page cache: the box has far more RAM than the data, and both sides of every
-# pair read the same, cached files (the store's blobs and site.tar are read
-# once before the pairs start); the residency of the sources is recorded
-# before each timed command (fincore) and printed.  So reads come from
-# memory on both sides and the comparison is about hashing, writing and
-# fsync.
+# Page cache: the box has far more RAM than the data, and every side reads
+# the same, cached files (the store's blobs and site.tar are read once
+# before the runs start); the residency of the sources is recorded before
+# each timed command (fincore) and printed.  So reads come from memory on
+# every side, and the figures are about hashing, writing and fsync.
+#
+# Memory state: on a VM with free page reporting (virtio-balloon; e.g.
+# Firecracker) the guest hands freed memory back to the host a few seconds
+# after a file is deleted, and the next writes into the page cache fault it
+# back in, at a cost that depends on the write size (measured here: copying
+# 2 GiB with 1 MiB write()s took 5-6 s on such memory, with 128 KiB
+# write()s 0.7 s; both ~0.7 s right after a delete).  Which state a command
+# meets would then depend on what ran just before it, so every timed
+# command waits SETTLE_S after the `sync` (10 s: long enough for the
+# reporting to finish) and all meet the same, "handed back" state.
+# SETTLE_S=0 measures back to back instead (noisier).
 #
 # Environment knobs (QUICK=1 changes the defaults marked *):
-#   RUNS=3*            alternating pairs per scenario
+#   RUNS=3*            runs per scenario (each times every side once)
 #   SIZE_MIB=2048*     total layer bytes (QUICK: 256)
 #   NIMAGES=4          images (one layer each, SIZE_MIB / NIMAGES MiB)
 #   SCENARIOS="create import verify"   (empty: build and set up only)
 #   KLTS_BIN=path      use this binary instead of building the checkout
 #   TARGET_DIR=/var/cache/klts-mirror/target-bench-bundle   cargo target dir
 #   CMD_TIMEOUT=1800   seconds before one timed command counts as failed
+#   SETTLE_S=10        seconds between `sync` and each timed write (see above)
 #   KEEP_DATA=0        1: keep the generated layers ($WORK/data) for the next run
 #   WORK=benches/.work/bundle   RESULTS_JSON=benches/results/bundle.json
 #
@@ -73,6 +92,7 @@ NIMAGES=${NIMAGES:-4}
 SCENARIOS=${SCENARIOS-"create import verify"}
 TARGET_DIR=${TARGET_DIR:-/var/cache/klts-mirror/target-bench-bundle}
 CMD_TIMEOUT=${CMD_TIMEOUT:-1800}
+SETTLE_S=${SETTLE_S:-10}
 KEEP_DATA=${KEEP_DATA:-0}
 WORK=${WORK:-$BENCH_DIR/.work/bundle}
 RESULTS_JSON=${RESULTS_JSON:-$BENCH_DIR/results/bundle.json}
@@ -97,18 +117,23 @@ SITE_BYTES=0
 # Gigabytes on a shared disk: never leave them behind (also after a failure
 # or an interrupt; the upstream is stopped before this runs).
 cleanup_extra() {
-    rm -rf "$STORE_C" "$STORE_I" "$OUT" "$WORK/bin"
+    rm -rf "$STORE_C" "$STORE_I" "$OUT" "$WORK/bin" "$CFG_C" "$CFG_I" "$WORK/upstream.json"
     [[ $KEEP_DATA == 1 ]] || rm -rf "$DATA"
 }
 
-# order RUN: klts-mirror first in odd runs, the reference first in even runs.
-order() { if (( $1 % 2 )); then echo klts ref; else echo ref klts; fi; }
+# order RUN SIDE...: the sides rotated by one place per run (run 1 in the
+# order given), so each side goes first, second, ... equally often.
+order() {
+    local r=$1 n i; shift; n=$#
+    local sides=("$@")
+    for ((i = 0; i < n; i++)); do printf '%s ' "${sides[(i + r - 1) % n]}"; done
+}
 
 # ---------------------------------------------------------------- setup
 
 ensure_tools() {
     apt_install_missing /usr/bin/time=time fincore=util-linux-extra jq=jq curl=curl openssl=openssl \
-        python3=python3 sha256sum=coreutils timeout=coreutils git=git
+        python3=python3 timeout=coreutils git=git
     [[ -n ${KLTS_BIN:-} ]] || command -v cargo >/dev/null || die "cargo not found (install a Rust toolchain, e.g. rustup)"
     python3 -c 'import sys; sys.exit(sys.version_info < (3, 9))' || die "python3 >= 3.9 needed"
 }
@@ -145,8 +170,8 @@ gen_data() {
     [[ -f $DATA/.version && $(cat "$DATA/.version") == "$SIZE_MIB $NIMAGES" ]] || rm -rf "$DATA"
     mkdir -p "$DATA"
     for ((i = 1; i <= NIMAGES; i++)); do
-        # 16-byte AES key "klts-bundle-0000i": every image has its own bytes.
-        key=$(printf 'klts-bundle-%05d' "$i" | od -An -tx1 | tr -d ' \n')
+        # 16-byte AES key "klts-bundle-000i": every image has its own bytes.
+        key=$(printf 'klts-bundle-%04d' "$i" | od -An -tx1 | tr -d ' \n')
         gen_blob "$DATA/layer$i.bin" "$LAYER" "$key"
         IMAGES+=("bench/img$i:v1")
     done
@@ -220,11 +245,14 @@ cpu_s() {
     if [[ -n $u && -n $s ]]; then awk -v u="$u" -v s="$s" 'BEGIN { printf "%.2f", u + s }'; else echo nan; fi
 }
 
-# timed KEY TIMEFILE CMD...: `sync`, then run CMD under /usr/bin/time -v;
-# sets T0, T1 and RC.  The command's stdout and stderr go to $LOGS/KEY.{out,log}.
+# timed KEY TIMEFILE CMD...: `sync`, wait CUR_SETTLE seconds, then run CMD
+# under /usr/bin/time -v; sets T0, T1 and RC.  The command's stdout and
+# stderr go to $LOGS/KEY.{out,log}.
+CUR_SETTLE=0
 timed() {
     local key=$1 tf=$2; shift 2
     sync
+    sleep "$CUR_SETTLE"
     RC=0
     T0=$(now)
     timeout "$CMD_TIMEOUT" /usr/bin/time -v -o "$tf" "$@" >"$LOGS/$key.out" 2>"$LOGS/$key.log" || RC=$?
@@ -241,25 +269,40 @@ record_cmd() {
     record "$pre.cpu.$side" "$(cpu_s "$tf")"
 }
 
-# cp_ref PREFIX RUN BYTES DEST SRC...: the reference.  `cp --reflink=never`
-# (no block sharing: every byte is copied), then `sync` of the copies
-# (fsync each).  Records PREFIX.mibs.cp (cp alone) and PREFIX.mibs.ref
-# (cp + fsync).  DEST is a new directory, removed afterwards.
-cp_ref() {
-    local pre=$1 r=$2 bytes=$3 dest=$4 tf t2 ok=1 f; shift 4
-    tf=$LOGS/time-$pre-cp-r$r.txt
+# dd_copy DEST SRC...: each SRC to DEST/<its name> in 1 MiB read()s and
+# write()s (the write size both klts-mirror commands use), nothing else.
+dd_copy() {
+    local dest=$1 f; shift
+    for f; do dd if="$f" of="$dest/$(basename "$f")" bs=1M status=none || return 1; done
+}
+
+# copy_ref PREFIX TOOL RUN BYTES DEST SRC...: a reference copy of SRC... into
+# the new directory DEST (removed afterwards), then `sync` of the copies
+# (fsync each).  TOOL cp: `cp --reflink=never` (no block sharing: every
+# byte is copied; coreutils 9.1 copies in 128 KiB read()/write()s), records
+# PREFIX.mibs.cp (cp alone) and PREFIX.mibs.ref (cp + fsync, judged).  TOOL
+# dd: dd_copy, records PREFIX.mibs.dd (dd + fsync, a diagnostic).
+copy_ref() {
+    local pre=$1 tool=$2 r=$3 bytes=$4 dest=$5 tf t2 ok=1 f side; shift 5
+    tf=$LOGS/time-$pre-$tool-r$r.txt
+    side=$tool; [[ $tool == cp ]] && side=ref
     rm -rf "$dest"; mkdir -p "$dest"
-    record "$pre.cached.ref" "$(cached_pct "$@")"
-    timed "$pre-cp-r$r" "$tf" cp --reflink=never "$@" "$dest/"
+    record "$pre.cached.$side" "$(cached_pct "$@")"
+    if [[ $tool == cp ]]; then timed "$pre-cp-r$r" "$tf" cp --reflink=never "$@" "$dest/"
+    else timed "$pre-dd-r$r" "$tf" bash -c "$(declare -f dd_copy); dd_copy \"\$@\"" _ "$dest" "$@"; fi
     sync "$dest"/*
     t2=$(now)
-    [[ $RC == 0 ]] || { warn "cp failed (rc $RC, see $LOGS/$pre-cp-r$r.log)"; ok=0; }
+    [[ $RC == 0 ]] || { warn "$tool failed (rc $RC, see $LOGS/$pre-$tool-r$r.log)"; ok=0; }
     for f in "$@"; do
         [[ $(stat -c %s "$dest/$(basename "$f")" 2>/dev/null) == "$(stat -c %s "$f")" ]] || ok=0
     done
-    record_cmd "$pre" cp "$bytes" "$ok" "$tf"
-    if [[ $ok == 1 ]]; then record "$pre.mibs.ref" "$(mibs "$bytes" "$(elapsed "$T0" "$t2")")"
-    else record "$pre.mibs.ref" nan; fi
+    if [[ $tool == cp ]]; then
+        record_cmd "$pre" cp "$bytes" "$ok" "$tf"
+        if [[ $ok == 1 ]]; then record "$pre.mibs.ref" "$(mibs "$bytes" "$(elapsed "$T0" "$t2")")"
+        else record "$pre.mibs.ref" nan; fi
+    else
+        T1=$t2 record_cmd "$pre" dd "$bytes" "$ok" "$tf"
+    fi
     rm -rf "$dest"
 }
 
@@ -282,10 +325,11 @@ create_klts() {   # create_klts RUN
 scenario_create() {
     log "== create: bundle create of $NIMAGES images ($SIZE_MIB MiB) from the warm store vs cp of the store's layer files"
     local r side bytes=$(( SIZE_MIB << 20 ))
+    CUR_SETTLE=$SETTLE_S
     for ((r = 1; r <= RUNS; r++)); do
-        for side in $(order "$r"); do
+        for side in $(order "$r" klts cp dd); do
             if [[ $side == klts ]]; then create_klts "$r"
-            else cp_ref create "$r" "$bytes" "$OUT/copy-r$r" "${STORE_LAYERS[@]}"; fi
+            else copy_ref create "$side" "$r" "$bytes" "$OUT/copy-r$r" "${STORE_LAYERS[@]}"; fi
         done
     done
 }
@@ -308,36 +352,47 @@ import_klts() {   # import_klts RUN
 scenario_import() {
     log "== import: bundle import of site.tar ($SITE_BYTES bytes) into an empty store vs cp of site.tar"
     local r side
+    CUR_SETTLE=$SETTLE_S
     for ((r = 1; r <= RUNS; r++)); do
-        for side in $(order "$r"); do
+        for side in $(order "$r" klts cp dd); do
             if [[ $side == klts ]]; then import_klts "$r"
-            else cp_ref import "$r" "$SITE_BYTES" "$OUT/copy-r$r" "$SITE"; fi
+            else copy_ref import "$side" "$r" "$SITE_BYTES" "$OUT/copy-r$r" "$SITE"; fi
         done
     done
 }
 
 scenario_verify() {
-    log "== verify: bundle verify site.tar vs sha256sum site.tar"
+    log "== verify: bundle verify site.tar vs openssl dgst -sha256 site.tar"
     local r side tf ok
+    CUR_SETTLE=0   # writes nothing
     for ((r = 1; r <= RUNS; r++)); do
-        for side in $(order "$r"); do
+        for side in $(order "$r" klts sha); do
             tf=$LOGS/time-verify-$side-r$r.txt
             record "verify.cached.$side" "$(cached_pct "$SITE")"
             if [[ $side == klts ]]; then
                 timed "verify-klts-r$r" "$tf" "$BIN" bundle verify "$SITE"
                 ok=1; [[ $RC == 0 ]] && grep -q ': OK: ' "$LOGS/verify-klts-r$r.out" \
                     || { warn "bundle verify failed (rc $RC, see $LOGS/verify-klts-r$r.{out,log})"; ok=0; }
-                record_cmd verify klts "$SITE_BYTES" "$ok" "$tf"
             else
-                timed "verify-sha-r$r" "$tf" sha256sum "$SITE"
+                timed "verify-sha-r$r" "$tf" openssl dgst -sha256 "$SITE"
                 ok=1; [[ $RC == 0 ]] || ok=0
-                record_cmd verify sha "$SITE_BYTES" "$ok" "$tf"
             fi
+            record_cmd verify "$side" "$SITE_BYTES" "$ok" "$tf"
         done
     done
 }
 
 # ---------------------------------------------------------------- report
+
+# balloon_state: whether a virtio balloon (free page reporting hands freed
+# guest memory back to the host) is bound; see "Memory state" at the top.
+balloon_state() {
+    if compgen -G '/sys/bus/virtio/drivers/virtio_balloon/virtio*' >/dev/null; then
+        echo "virtio_balloon bound (freed memory may be handed back to the host)"
+    else
+        echo "no virtio_balloon"
+    fi
+}
 
 report() {
     local meta vars
@@ -353,10 +408,10 @@ report() {
         --arg load0 "$LOAD_START" --arg load1 "$(cut -d' ' -f1-3 /proc/loadavg)" \
         --arg fs "$(df --output=fstype "$WORK" | tail -1)" \
         --arg dev "$(df --output=source "$WORK" | tail -1)" \
-        --arg cp "$(cp --version | head -1)" \
+        --arg cp "$(cp --version | head -1)" --arg balloon "$(balloon_state)" --argjson settle "$SETTLE_S" \
         '{nproc: ($nproc | tonumber), mem_total: $mem, cpu: $cpu, kernel: $kernel, git_commit: $commit,
           klts: $klts, klts_bin: $bin, scenarios: $scen, fs: $fs, device: $dev, reference: $cp,
-          loadavg_start: $load0, loadavg_end: $load1}')
+          memory_state: $balloon, settle_s: $settle, loadavg_start: $load0, loadavg_end: $load1}')
     echo
     echo "klts-mirror = $DESC; reference = $(cp --version | head -1), cp --reflink=never"
     echo "bundle: $NIMAGES images x $((SIZE_MIB / NIMAGES)) MiB incompressible layer = $SIZE_MIB MiB of layers, site.tar $SITE_BYTES bytes;" \
@@ -364,11 +419,12 @@ report() {
     echo
     python3 "$BENCH_DIR/lib/report.py" --profile bundle --samples "$SAMPLES" --json "$RESULTS_JSON" \
         --runs "$RUNS" --meta "$meta" --vars "$vars"
-    echo "page cache: the sources (store layer files, site.tar) were read once before the pairs and the"
-    echo "  'sources in page cache' rows give their residency before each command: both sides read from"
+    echo "page cache: the sources (store layer files, site.tar) were read once before the runs; the"
+    echo "  'sources in page cache' rows give their residency before each command: every side reads from"
     echo "  memory, so these figures are hashing + writing + fsync, not disk reads.  'cp + fsync' pays the"
     echo "  write-back the klts-mirror commands pay (create fsyncs its archive, import fdatasyncs every blob);"
     echo "  plain 'cp' returns with the copy still dirty in the page cache."
+    echo "memory state: $(balloon_state); every timed write started ${SETTLE_S} s after a sync (SETTLE_S)."
     # Other work on this box skews everything (2 cores); make that visible.
     echo "load average: start $LOAD_START, end $(cut -d' ' -f1-3 /proc/loadavg) (nproc $(nproc))"
     echo "JSON: $RESULTS_JSON"

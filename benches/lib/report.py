@@ -12,7 +12,7 @@ means the target did not answer in time (kept as +inf, printed "timeout").
 --profile push: push.sh, klts-mirror against distribution (push_rows());
   same table as compare, --vars fills in the sizes.
 --profile bundle: bundle.sh, klts-mirror bundle create/import/verify against
-  cp and sha256sum of the same bytes (bundle_rows()); same table as compare.
+  cp and openssl dgst -sha256 of the same bytes (bundle_rows()); same table as compare.
 
 Each table row compares the median of a klts-mirror key with the median of a
 peer key and checks it against a target.  Rows whose target is an exact count
@@ -146,7 +146,7 @@ BUNDLE_GUARDS = {"create.rss.klts": "create.ok.klts", "import.rss.klts": "import
 def bundle_rows(v):
     """Rows of bundle.sh, in the shape of ROWS.  v: sizes the run used.
     Sides: klts (the command), ref (cp + fsync of the copies), cp (the same
-    cp without its fsync), sha (sha256sum)."""
+    cp without its fsync), dd (dd bs=1M + fsync), sha (openssl dgst -sha256)."""
     mib = v["size_mib"]
     size = f"{mib}MiB" if mib % 1024 else f"{mib // 1024}GiB"
     n = v["nimages"]
@@ -157,10 +157,14 @@ def bundle_rows(v):
     ):
         rows += [
             (f"{tag} {what}", "MiB/s", f"{key}.mibs.klts", f"cp {ref} + fsync", f"{key}.mibs.ref", "ratio_ge", 0.8),
-            (f"{tag} {key}: same, against cp without fsync", "MiB/s", f"{key}.mibs.klts", "cp (page cache)",
+            (f"{tag} {key}: same, against cp without fsync", "MiB/s", f"{key}.mibs.klts", "cp, no fsync",
              f"{key}.mibs.cp", "info", None),
+            (f"{tag} {key}: same, against dd bs=1M + fsync", "MiB/s", f"{key}.mibs.klts", "dd (1 MiB writes)",
+             f"{key}.mibs.dd", "info", None),
             (f"{tag} {key}: peak RSS", "MiB", f"{key}.rss.klts", "cp", f"{key}.rss.cp", "abs_le", 64.0),
             (f"{tag} {key}: CPU time (user + sys)", "s", f"{key}.cpu.klts", "cp", f"{key}.cpu.cp", "info", None),
+            (f"{tag} {key}: CPU time (user + sys), against dd", "s", f"{key}.cpu.klts", "dd", f"{key}.cpu.dd",
+             "info", None),
             (f"{tag} {key}: completed and checked", "of 1", f"{key}.ok.klts", "cp", f"{key}.ok.cp", "all_eq", 1),
         ]
         if key == "create":
@@ -169,12 +173,12 @@ def bundle_rows(v):
         rows.append((f"{tag} {key}: sources in page cache before", "%", f"{key}.cached.klts", "cp",
                      f"{key}.cached.ref", "info", None))
     rows += [
-        (f"C verify {size} site.tar (re-hash)", "MiB/s", "verify.mibs.klts", "sha256sum", "verify.mibs.sha", "info", None),
-        ("C verify: peak RSS", "MiB", "verify.rss.klts", "sha256sum", "verify.rss.sha", "info", None),
-        ("C verify: CPU time (user + sys)", "s", "verify.cpu.klts", "sha256sum", "verify.cpu.sha", "info", None),
-        ("C verify: OK", "of 1", "verify.ok.klts", "sha256sum", "verify.ok.sha", "all_eq", 1),
-        ("C verify: site.tar in page cache before", "%", "verify.cached.klts", "sha256sum", "verify.cached.sha",
-         "info", None),
+        (f"C verify {size} site.tar (re-hash)", "MiB/s", "verify.mibs.klts", "openssl sha256", "verify.mibs.sha", "info", None),
+        ("C verify: peak RSS", "MiB", "verify.rss.klts", "openssl sha256", "verify.rss.sha", "info", None),
+        ("C verify: CPU time (user + sys)", "s", "verify.cpu.klts", "openssl sha256", "verify.cpu.sha", "info", None),
+        ("C verify: OK", "of 1", "verify.ok.klts", "openssl sha256", "verify.ok.sha", "all_eq", 1),
+        ("C verify: site.tar in page cache before", "%", "verify.cached.klts", "openssl sha256",
+         "verify.cached.sha", "info", None),
     ]
     return rows
 
