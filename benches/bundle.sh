@@ -31,10 +31,10 @@
 #           Reference: `cp --reflink=never site.tar` to a new file, then
 #           `sync` of it (import fdatasyncs every blob before naming it).
 #   dd      (diagnostic side of both) `dd bs=1M` of the same files + `sync`:
-#           the same copy in 1 MiB read()s and write()s, the write size both
-#           commands use (cp uses 128 KiB), without any hashing.  klts-mirror
-#           against dd separates the cost of hashing from that of the I/O
-#           pattern.
+#           the same copy in 1 MiB read()s and write()s, the sizes both
+#           commands use (cp 9.1 uses 128 KiB), without any hashing.
+#           klts-mirror against dd is the cost of hashing and of the
+#           commands' own plumbing; dd against cp that of the I/O sizes.
 #   verify  `bundle verify site.tar` (re-hashes everything, writes nothing);
 #           info only, beside `openssl dgst -sha256 site.tar` (one pass of
 #           the hash, with the CPU's SHA extensions where it has them: the
@@ -49,16 +49,16 @@
 # each timed command (fincore) and printed.  So reads come from memory on
 # every side, and the figures are about hashing, writing and fsync.
 #
-# Memory state: on a VM with free page reporting (virtio-balloon; e.g.
+# Memory state: on a VM with free page reporting (virtio-balloon, e.g.
 # Firecracker) the guest hands freed memory back to the host a few seconds
-# after a file is deleted, and the next writes into the page cache fault it
-# back in, at a cost that depends on the write size (measured here: copying
-# 2 GiB with 1 MiB write()s took 5-6 s on such memory, with 128 KiB
-# write()s 0.7 s; both ~0.7 s right after a delete).  Which state a command
-# meets would then depend on what ran just before it, so every timed
-# command waits SETTLE_S after the `sync` (10 s: long enough for the
-# reporting to finish) and all meet the same, "handed back" state.
-# SETTLE_S=0 measures back to back instead (noisier).
+# after a file is deleted, and writes into the page cache then pay to fault
+# it back in.  On the box this was written on that made the same `cp` of
+# 2 GiB take from 0.7 s (right after a delete) to 3.5 s (10 s later), and
+# the state drifts over minutes, so which state a command meets would
+# depend on what ran just before it.  Every timed write therefore waits
+# SETTLE_S after the `sync` (10 s: long enough for the hand-back to finish),
+# so all sides meet the same state, and the sides rotate.  SETTLE_S=0
+# measures back to back instead (faster, noisier, order-dependent).
 #
 # Environment knobs (QUICK=1 changes the defaults marked *):
 #   RUNS=3*            runs per scenario (each times every side once)
