@@ -149,9 +149,12 @@ impl Resolver<'_> {
                 found.push(self.walk(key, format!("{repo}@{}", r.digest), top, Some(image)).await?);
             }
             for suffix in COSIGN_SUFFIXES {
-                let tag: Tag = format!("{}-{}.{suffix}", subject.algorithm().as_str(), subject.hex())
-                    .parse()
-                    .expect("an algorithm, hex and a suffix make a valid tag");
+                // cosign names sha256 subjects; a sha512 one makes a name
+                // longer than the 128 characters a tag may have: none to try.
+                let Ok(tag) = format!("{}-{}.{suffix}", subject.algorithm().as_str(), subject.hex()).parse::<Tag>()
+                else {
+                    continue;
+                };
                 match self.fetch(key, &Reference::Tag(tag.clone())).await {
                     Ok(top) => found.push(self.walk(key, format!("{repo}:{tag}"), top, Some(image)).await?),
                     Err(proxy::Error::ManifestUnknown) => {}
@@ -277,6 +280,16 @@ mod tests {
 
     fn digests(v: &[&Descriptor]) -> Vec<Digest> {
         v.iter().map(|d| d.digest.clone()).collect()
+    }
+
+    /// Why cosign tag names are tried, not assumed: a sha512 subject gives
+    /// a name past the tag grammar's 128 characters (this once panicked).
+    #[test]
+    fn cosign_names_of_sha512_subjects_are_not_tags() {
+        let d = crate::oci::Digest::of_with(crate::oci::Algorithm::Sha512, b"x");
+        assert!(format!("sha512-{}.sig", d.hex()).parse::<Tag>().is_err());
+        let d = crate::oci::Digest::of(b"x");
+        assert!(format!("sha256-{}.sig", d.hex()).parse::<Tag>().is_ok());
     }
 
     #[test]
