@@ -355,7 +355,7 @@ async fn shutdown_signal(mut interrupt: Signal, mut terminate: Signal) {
         _ = interrupt.recv() => "SIGINT",
         _ = terminate.recv() => "SIGTERM",
     };
-    tracing::info!(signal = name, "shutting down");
+    tracing::info!(signal = %name, "shutting down");
 }
 
 /// SIGHUP: reads `path` again and applies it (see `Mirror::reload`). A
