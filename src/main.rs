@@ -12,10 +12,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tokio::signal::unix::{signal, Signal, SignalKind};
 use klts_mirror::airgap::{self, images::ImageSources, progress::Progress};
 use klts_mirror::kubeadm::{self, KubernetesVersion};
 use klts_mirror::{Config, Mirror};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 #[derive(Parser)]
 #[command(name = "klts-mirror", version, about = "Pull-through OCI registry mirror for Kubernetes LTS images")]

@@ -46,11 +46,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use axum::http::request::Parts;
 use axum::http::uri::Authority;
 use axum::http::{header, HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
-use arc_swap::ArcSwap;
 use base64::Engine;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;

@@ -550,7 +550,7 @@ mod tests {
             let p = e.path();
             if p.is_dir() {
                 out.extend(files_under(&p));
-            } else if !p.extension().is_some_and(|x| x == "lock") {
+            } else if p.extension().is_none_or(|x| x != "lock") {
                 out.push(p);
             }
         }
@@ -586,7 +586,10 @@ mod tests {
         assert!(!settled.is_finished(), "one fill still runs");
 
         assert_eq!(fills.abort_all(), 1);
-        tokio::time::timeout(Duration::from_secs(5), settled).await.expect("settled once the cut fill is gone").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), settled)
+            .await
+            .expect("settled once the cut fill is gone")
+            .unwrap();
         assert!(fills.is_empty());
         assert!(reader.next().await.is_some_and(|r| r.is_err()), "its reader fails, never ends short and clean");
         assert!(store.open_blob(&d2).await.unwrap().is_none(), "nothing stored");

@@ -286,7 +286,12 @@ impl Proxy {
         Ok((m, CacheStatus::Miss))
     }
 
-    async fn fetch_manifest_by_digest(&self, policy: &Policy, key: &RepoKey, d: &Digest) -> Result<Arc<StoredManifest>> {
+    async fn fetch_manifest_by_digest(
+        &self,
+        policy: &Policy,
+        key: &RepoKey,
+        d: &Digest,
+    ) -> Result<Arc<StoredManifest>> {
         let origin = policy.origin(key, None)?;
         let (registry, d2) = (self.registry.clone(), d.clone());
         self.manifest_flights
