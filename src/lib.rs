@@ -22,7 +22,12 @@
 //! - [`airgap`]: bundles for air-gapped sites (OCI layout archives, their
 //!   lock files), made through the proxy.
 //! - [`server`]: the listener: connection cap, header and idle timeouts,
-//!   TLS handshakes.
+//!   TLS handshakes, the graceful drain.
+//!
+//! [`Mirror`] also holds what a configuration reload swaps: the proxy's
+//! policy (upstreams, routing, cache policy), the authenticator's rules and
+//! the TLS pair, each an atomically replaced snapshot that a request reads
+//! once.
 //! - [`airgap`]: bundles for air-gapped sites; [`airgap::import`] pins an
 //!   archive's images into the store.
 

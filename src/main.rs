@@ -5,6 +5,8 @@
 //! Thin by design: parse arguments, load configuration, set up logging,
 //! bind, and hand over to the library. Configuration problems and bad
 //! versions exit with code 2 and one line naming the key or the version.
+//! `serve` turns signals into library calls: SIGTERM/SIGINT start the drain
+//! (`Mirror::serve`), SIGHUP reloads the configuration (`Mirror::reload`).
 
 use std::io::Write;
 use std::net::SocketAddr;
