@@ -293,6 +293,30 @@ async fn a_fill_cut_by_the_shutdown_grace_leaves_nothing_half_written() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_whose_client_left_finishes_within_the_grace_and_is_stored() {
+    let upstream = FakeUpstream::start().await;
+    let blob = common::bytes(4 << 20, 13);
+    // 64 chunks, 30 ms apart: about 2 s.
+    let d = upstream.add_slow_blob(blob.clone(), Duration::from_millis(30));
+    let url = upstream.url();
+    let mut mirror = Served::start(|data| config_text(&url, data, &Options::default())).await;
+
+    let resp = client().get(mirror.url(&format!("/v2/pause/blobs/{d}"))).send().await.unwrap();
+    let mut body = resp.bytes_stream();
+    body.next().await.unwrap().unwrap();
+    drop(body); // the client goes away; the fill goes on
+    mirror.signal(libc::SIGTERM);
+    mirror.wait_log("waiting for fills in progress", Duration::from_secs(10)).await;
+    let status = mirror.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0), "{}", mirror.lines().join("\n"));
+    assert_eq!(mirror.count("shutdown grace over"), 0);
+    let blobs = files_under(&mirror.data.join("blobs"));
+    assert_eq!(blobs.len(), 1, "the fill finished and was stored: {blobs:?}");
+    assert_eq!(sha256_hex(&std::fs::read(&blobs[0]).unwrap()), d);
+    assert_eq!(upstream.count("GET", "/blobs/"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_drains_and_exits_0() {
     let upstream = FakeUpstream::start().await;
     let url = upstream.url();
