@@ -23,13 +23,13 @@
 //!   lock files), made through the proxy.
 //! - [`server`]: the listener: connection cap, header and idle timeouts,
 //!   TLS handshakes, the graceful drain.
+//! - [`airgap`]: bundles for air-gapped sites; [`airgap::import`] pins an
+//!   archive's images into the store.
 //!
 //! [`Mirror`] also holds what a configuration reload swaps: the proxy's
 //! policy (upstreams, routing, cache policy), the authenticator's rules and
 //! the TLS pair, each an atomically replaced snapshot that a request reads
 //! once.
-//! - [`airgap`]: bundles for air-gapped sites; [`airgap::import`] pins an
-//!   archive's images into the store.
 
 pub mod airgap;
 pub mod config;

@@ -30,7 +30,6 @@
 //!   the timers and the rejection rewrite see requests and responses, not
 //!   records. The wrapper is generic over the stream: plain connections
 //!   pay nothing for TLS being possible.
-//!
 //! - **Graceful drain.** When `shutdown` completes the listener is closed
 //!   at once (new connections are refused, not queued), every connection
 //!   finishes the request it is serving and closes (keep-alive ones right
