@@ -43,7 +43,7 @@ fn default_listen() -> SocketAddr {
 }
 
 /// `[server]`: what one client connection may hold, and for how long.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// A request's headers must arrive within this (slowloris defence).
@@ -57,6 +57,13 @@ pub struct ServerConfig {
     /// listen backlog. Lowered at start-up to fit the fd limit.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// On SIGTERM or SIGINT, how long pulls and fills in progress may run
+    /// on after the listener closed; whatever is still running then is cut
+    /// (a cut fill keeps nothing). Long enough for a rolling restart not to
+    /// break a layer download on a LAN; short enough for an orchestrator's
+    /// kill timeout (Kubernetes waits 30 s too).
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 fn default_header_read_timeout() -> Duration {
@@ -71,12 +78,17 @@ fn default_max_connections() -> usize {
     4096
 }
 
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(30)
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             header_read_timeout: default_header_read_timeout(),
             idle_timeout: default_idle_timeout(),
             max_connections: default_max_connections(),
+            shutdown_grace: default_shutdown_grace(),
         }
     }
 }
@@ -89,7 +101,7 @@ pub enum Backend {
     Memory,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     #[serde(default)]
@@ -126,7 +138,7 @@ impl Default for StorageConfig {
 }
 
 /// A secret that never shows up in `Debug` output or logs.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(pub String);
 
 impl fmt::Debug for Secret {
@@ -135,7 +147,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub url: url::Url,
@@ -217,7 +229,7 @@ impl Default for CacheConfig {
 }
 
 /// `[uploads]`: blob upload sessions of pushes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UploadsConfig {
     /// An upload with no activity for this long is abandoned: its session
@@ -250,8 +262,8 @@ pub struct AuthConfig {
     /// always do.
     #[serde(default = "default_anonymous_pull")]
     pub anonymous_pull: bool,
-    /// The users, read from `htpasswd` by [`Config::from_toml`] (the file
-    /// is not re-read while running).
+    /// The users, read from `htpasswd` by [`Config::from_toml`] (read
+    /// again when SIGHUP reloads the configuration).
     #[serde(skip)]
     pub users: Vec<crate::htpasswd::Entry>,
 }
@@ -379,6 +391,45 @@ impl Config {
     }
 }
 
+/// What a reload cannot change while the process runs: the socket, the
+/// connection limits and drain, the store, upload sweeping, and whether
+/// `[tls]` is on at all (its certificate and key can change).
+impl Config {
+    /// The keys of `new` that differ from `self` and need a restart.
+    pub fn needs_restart(&self, new: &Config) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if self.listen != new.listen {
+            keys.push("listen");
+        }
+        if self.server != new.server {
+            keys.push("server");
+        }
+        if self.storage != new.storage {
+            keys.push("storage");
+        }
+        if self.uploads != new.uploads {
+            keys.push("uploads");
+        }
+        if self.tls.is_some() != new.tls.is_some() {
+            keys.push("tls");
+        }
+        keys
+    }
+
+    /// `self` with the settings that need a restart taken from `running`,
+    /// which goes on serving with them.
+    pub fn keeping_restart_only(mut self, running: &Config) -> Config {
+        self.listen = running.listen;
+        self.server = running.server.clone();
+        self.storage = running.storage.clone();
+        self.uploads = running.uploads.clone();
+        if self.tls.is_some() != running.tls.is_some() {
+            self.tls = running.tls.clone();
+        }
+        self
+    }
+}
+
 /// An upstream name is used as the first path component of host-prefixed
 /// requests, so it must look like a host: lowercase DNS labels with a dot.
 fn valid_host(n: &str) -> bool {
@@ -434,8 +485,39 @@ aliases = ["k8s.gcr.io"]
         assert_eq!(cfg.server.header_read_timeout, Duration::from_secs(10));
         assert_eq!(cfg.server.idle_timeout, Duration::from_secs(60));
         assert_eq!(cfg.server.max_connections, 4096);
+        assert_eq!(cfg.server.shutdown_grace, Duration::from_secs(30));
         assert!(cfg.auth.is_none() && cfg.tls.is_none(), "shipped with [auth] and [tls] commented out");
         assert_eq!(cfg.uploads.max_age, Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn a_reload_names_and_keeps_what_needs_a_restart() {
+        let running = Config::from_toml(MIN).unwrap();
+        let same = Config::from_toml(&format!("{MIN}\n[cache]\ntag_ttl = \"1m\"\n")).unwrap();
+        assert!(running.needs_restart(&same).is_empty(), "cache policy reloads");
+        let moved = Config::from_toml(&format!(
+            "listen = \"127.0.0.1:6000\"\n{MIN}\n[storage]\npath = \"/elsewhere\"\n[server]\nshutdown_grace = \"1s\"\n[cache]\ntag_ttl = \"1m\"\n"
+        ))
+        .unwrap();
+        assert_eq!(running.needs_restart(&moved), ["listen", "server", "storage"]);
+        let kept = moved.keeping_restart_only(&running);
+        assert_eq!(kept.listen, running.listen);
+        assert_eq!(kept.storage, running.storage);
+        assert_eq!(kept.server, running.server);
+        assert_eq!(kept.cache.tag_ttl, Duration::from_secs(60), "the rest is the new configuration");
+        assert!(running.needs_restart(&kept).is_empty());
+    }
+
+    #[test]
+    fn shutdown_grace_defaults_to_30s_and_parses() {
+        assert_eq!(Config::from_toml(MIN).unwrap().server.shutdown_grace, Duration::from_secs(30));
+        let cfg = Config::from_toml(&format!("{MIN}\n[server]\nshutdown_grace = \"2m\"\n")).unwrap();
+        assert_eq!(cfg.server.shutdown_grace, Duration::from_secs(120));
+        // 0s is allowed: cut everything at once.
+        let cfg = Config::from_toml(&format!("{MIN}\n[server]\nshutdown_grace = \"0s\"\n")).unwrap();
+        assert!(cfg.server.shutdown_grace.is_zero());
+        let e = err(&format!("{MIN}\n[server]\nshutdown_grace = \"soon\"\n"));
+        assert!(e.contains("server.shutdown_grace"), "{e}");
     }
 
     #[test]

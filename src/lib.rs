@@ -22,9 +22,14 @@
 //! - [`airgap`]: bundles for air-gapped sites (OCI layout archives, their
 //!   lock files), made through the proxy.
 //! - [`server`]: the listener: connection cap, header and idle timeouts,
-//!   TLS handshakes.
+//!   TLS handshakes, the graceful drain.
 //! - [`airgap`]: bundles for air-gapped sites; [`airgap::import`] pins an
 //!   archive's images into the store.
+//!
+//! [`Mirror`] also holds what a configuration reload swaps: the proxy's
+//! policy (upstreams, routing, cache policy), the authenticator's rules and
+//! the TLS pair, each an atomically replaced snapshot that a request reads
+//! once.
 
 pub mod airgap;
 pub mod config;
@@ -68,6 +73,9 @@ pub struct Mirror {
     /// none (see [`http::auth::Realm`]), until [`Mirror::serve`] knows the
     /// address actually bound.
     listen: std::net::SocketAddr,
+    /// The configuration in force: what [`Mirror::reload`] compares a new
+    /// one with. One lock, so reloads apply one at a time.
+    running: Arc<std::sync::Mutex<Config>>,
 }
 
 impl Mirror {
@@ -89,7 +97,31 @@ impl Mirror {
             server: cfg.server.clone(),
             tls,
             listen: cfg.listen,
+            running: Arc::new(std::sync::Mutex::new(cfg.clone())),
         })
+    }
+
+    /// Applies a reloaded configuration (SIGHUP) to the requests that start
+    /// from now on: upstreams, credentials, routing, cache policy, `[auth]`
+    /// and the `[tls]` pair. Requests in progress finish with what they
+    /// started with; single-flight jobs, fills and caches carry on. Settings
+    /// that need a restart (see [`Config::needs_restart`]) keep their
+    /// running values, with a warning. On error nothing changes.
+    pub fn reload(&self, cfg: Config) -> Result<(), StartError> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let restart = running.needs_restart(&cfg);
+        let cfg = cfg.keeping_restart_only(&running);
+        self.proxy.reconfigure(&cfg).map_err(|e| StartError::Upstream(e.to_string()))?;
+        self.auth.reconfigure(cfg.auth.as_ref());
+        if let (Some(live), Some(next)) = (&self.tls, cfg.tls.as_ref().and_then(|t| t.server.as_ref())) {
+            live.replace(next);
+        }
+        for key in restart {
+            tracing::warn!(key, "configuration reload: changes to [{key}] need a restart; the running values stay");
+        }
+        tracing::info!(upstreams = cfg.upstreams.len(), "configuration reloaded");
+        *running = cfg;
+        Ok(())
     }
 
     pub fn proxy(&self) -> &Arc<proxy::Proxy> {
@@ -120,8 +152,11 @@ impl Mirror {
     }
 
     /// Serves on `listener` (HTTPS only, with `[tls]`) until `shutdown`
-    /// completes, then lets requests in progress finish. Abandoned uploads
-    /// are swept meanwhile. Bind with [`server::bind`] for a deep backlog.
+    /// completes, then drains: the listener closes, and requests and fills
+    /// in progress get until `server.shutdown_grace` to finish; what is
+    /// still running then is cut, and a cut fill stores nothing. Abandoned
+    /// uploads are swept meanwhile. Bind with [`server::bind`] for a deep
+    /// backlog.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -129,8 +164,34 @@ impl Mirror {
     ) -> std::io::Result<()> {
         let sweeper = tokio::spawn(self.uploads.clone().run_sweeper());
         let app = self.router_on(listener.local_addr().unwrap_or(self.listen));
+        let grace = self.server.shutdown_grace;
+        let (began, drain) = tokio::sync::oneshot::channel();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = began.send(tokio::time::Instant::now() + grace);
+        };
         let served = server::serve(listener, app, self.server.clone(), self.tls.clone(), shutdown).await;
         sweeper.abort();
+        if let Ok(deadline) = drain.await {
+            self.drain_fills(deadline).await;
+        }
         served
+    }
+
+    /// Lets fills that no client waits for any more (their readers left,
+    /// or they fetch for a push) finish until `deadline`, then cuts them.
+    async fn drain_fills(&self, deadline: tokio::time::Instant) {
+        let running = self.proxy.fills_in_flight();
+        if running == 0 {
+            return;
+        }
+        tracing::info!(fills = running, "waiting for fills in progress");
+        if tokio::time::timeout_at(deadline, self.proxy.fills_settled()).await.is_ok() {
+            return;
+        }
+        let cut = self.proxy.cut_fills();
+        tracing::warn!(fills = cut, "shutdown grace over; fills cut, nothing of them is stored");
+        // A cut fill removes its spool file as its task is dropped.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.proxy.fills_settled()).await;
     }
 }

@@ -5,6 +5,8 @@
 //! Thin by design: parse arguments, load configuration, set up logging,
 //! bind, and hand over to the library. Configuration problems and bad
 //! versions exit with code 2 and one line naming the key or the version.
+//! `serve` turns signals into library calls: SIGTERM/SIGINT start the drain
+//! (`Mirror::serve`), SIGHUP reloads the configuration (`Mirror::reload`).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -15,6 +17,7 @@ use clap::{Parser, Subcommand};
 use klts_mirror::airgap::{self, images::ImageSources, progress::Progress};
 use klts_mirror::kubeadm::{self, KubernetesVersion};
 use klts_mirror::{Config, Mirror};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 #[derive(Parser)]
 #[command(name = "klts-mirror", version, about = "Pull-through OCI registry mirror for Kubernetes LTS images")]
@@ -268,6 +271,7 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>, offline: bool) -> E
         }
     };
     let addr = listen.unwrap_or(cfg.listen);
+    let path = path.to_path_buf();
     runtime.block_on(async move {
         let listener = match klts_mirror::server::bind(addr) {
             Ok(l) => l,
@@ -276,9 +280,19 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>, offline: bool) -> E
                 return ExitCode::FAILURE;
             }
         };
+        // Handlers first: from the "serving" line on, a signal must find
+        // them (SIGTERM's and SIGHUP's default is to kill the process).
+        let signals = match Signals::register() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("klts-mirror: cannot handle signals: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tokio::spawn(reload_on_hangup(signals.hangup, mirror.clone(), path, offline));
         let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(listen = %local, storage = ?cfg.storage.backend, path = %cfg.storage.path.display(), sealed = cfg.cache.offline, "klts-mirror serving");
-        match mirror.serve(listener, shutdown_signal()).await {
+        match mirror.serve(listener, shutdown_signal(signals.interrupt, signals.terminate)).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("klts-mirror: {e}");
@@ -320,21 +334,52 @@ fn trim_heap_periodically() {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
+/// The signals `serve` answers, registered before it announces itself.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn register() -> std::io::Result<Signals> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// SIGINT or SIGTERM: the drain begins (see `Mirror::serve`).
+async fn shutdown_signal(mut interrupt: Signal, mut terminate: Signal) {
+    let name = tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
     };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    tracing::info!(signal = %name, "shutting down");
+}
+
+/// SIGHUP: reads `path` again and applies it (see `Mirror::reload`). A
+/// configuration that would not start is refused with the line start-up
+/// would print, and the running one stays. `--offline` holds across
+/// reloads, like `--listen`.
+async fn reload_on_hangup(mut hangup: Signal, mirror: Mirror, path: PathBuf, offline: bool) {
+    while hangup.recv().await.is_some() {
+        tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+        // Reading the files (the config, htpasswd, the TLS pair) blocks.
+        let p = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || Config::load(&p)).await;
+        let applied = match loaded {
+            Ok(Ok(mut cfg)) => {
+                cfg.cache.offline |= offline;
+                mirror.reload(cfg).map_err(|e| e.to_string())
             }
-            Err(_) => std::future::pending().await,
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = applied {
+            tracing::error!("configuration reload refused: klts-mirror: {e}; the previous configuration keeps serving");
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutting down");
+    }
 }

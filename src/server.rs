@@ -30,6 +30,12 @@
 //!   the timers and the rejection rewrite see requests and responses, not
 //!   records. The wrapper is generic over the stream: plain connections
 //!   pay nothing for TLS being possible.
+//! - **Graceful drain.** When `shutdown` completes the listener is closed
+//!   at once (new connections are refused, not queued), every connection
+//!   finishes the request it is serving and closes (keep-alive ones right
+//!   after their current response), and `serve` returns when all are gone,
+//!   or when `shutdown_grace` has passed: then the remaining connections
+//!   are cut.
 //!
 //! hyper's own `header_read_timeout` is not used: it also runs while a
 //! keep-alive connection is idle, which would make `idle_timeout` moot. The
@@ -78,6 +84,9 @@ const FD_RESERVE: u64 = 64 + 2 * crate::proxy::fill::MAX_FILLS as u64;
 const FDS_PER_CONNECTION: u64 = 2;
 /// Pause after an accept error, so a full fd table is not a busy loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long cut connections get to close their sockets once the shutdown
+/// grace is over.
+const CUT_WAIT: Duration = Duration::from_secs(2);
 
 /// The runtime the server runs on. Blob reads and the short write/hash jobs
 /// of fills run on the blocking pool; a bounded pool keeps thread stacks and
@@ -122,9 +131,19 @@ pub fn connection_budget(configured: usize, fd_limit: u64) -> usize {
     (configured as u64).min(budget).max(1) as usize
 }
 
+/// Where the server is in its life, as connection tasks see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Finish the request in progress, then close.
+    Draining,
+    /// The grace is over: close now.
+    Cut,
+}
+
 /// Serves `app` on `listener` (HTTPS only when `tls` is set) until
 /// `shutdown` completes, then lets the connections in progress finish their
-/// requests and returns.
+/// requests, for at most `cfg.shutdown_grace`, and returns.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -147,8 +166,7 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(max));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().max_buf_size(MAX_BUF).header_read_timeout(None).keep_alive(true);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let acceptor = tls.map(|t| t.acceptor());
+    let (stop_tx, stop_rx) = watch::channel(Phase::Serving);
     let mut errors = AcceptErrors::default();
     tokio::pin!(shutdown);
     loop {
@@ -174,16 +192,28 @@ pub async fn serve(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
         let conn = Conn { app: app.clone(), builder: builder.clone(), limits: limits.clone(), stop: stop_rx.clone() };
-        let tls = acceptor.clone();
+        let tls = tls.as_ref().map(ServerTls::acceptor);
         tokio::spawn(async move {
             conn.run(tcp, peer, tls).await;
             drop(slot);
         });
     }
+    // Closed now, not when the drain ends: clients are refused at once
+    // and retry elsewhere, rather than wait in the backlog of a process
+    // that will never accept them.
     drop(listener);
+    let open = max - slots.available_permits();
+    tracing::info!(connections = open, grace = ?cfg.shutdown_grace, "listener closed; draining connections");
     // Every connection finishes its request in progress, then closes.
-    let _ = stop_tx.send(true);
-    let _ = slots.acquire_many(max as u32).await;
+    let _ = stop_tx.send(Phase::Draining);
+    let all = max as u32;
+    if tokio::time::timeout(cfg.shutdown_grace, slots.acquire_many(all)).await.is_err() {
+        let open = max - slots.available_permits();
+        tracing::warn!(connections = open, "shutdown grace over; cutting the connections still open");
+        let _ = stop_tx.send(Phase::Cut);
+        // Each task sees the cut at its next poll; a moment is enough.
+        let _ = tokio::time::timeout(CUT_WAIT, slots.acquire_many(all)).await;
+    }
     Ok(())
 }
 
@@ -260,7 +290,7 @@ struct Conn {
     app: Router,
     builder: hyper_util::server::conn::auto::Builder<TokioExecutor>,
     limits: Arc<Limits>,
-    stop: watch::Receiver<bool>,
+    stop: watch::Receiver<Phase>,
 }
 
 impl Conn {
@@ -307,7 +337,6 @@ impl Conn {
         let service = Service { app: self.app.clone(), activity: activity.clone(), limits: self.limits.clone() };
         let conn = self.builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
-        let mut draining = false;
         loop {
             let timer = expiry(&activity, &self.limits);
             tokio::select! {
@@ -321,9 +350,18 @@ impl Conn {
                     tracing::debug!(%peer, reason = ?why, "closing connection");
                     return; // dropping the connection closes the socket
                 }
-                _ = self.stop.changed(), if !draining => {
-                    draining = true;
-                    conn.as_mut().graceful_shutdown();
+                changed = self.stop.changed() => {
+                    // A dropped sender means `serve` is gone: nothing waits
+                    // for this connection any more.
+                    let phase = if changed.is_ok() { *self.stop.borrow_and_update() } else { Phase::Cut };
+                    match phase {
+                        Phase::Serving => {}
+                        Phase::Draining => conn.as_mut().graceful_shutdown(),
+                        Phase::Cut => {
+                            tracing::debug!(%peer, "cutting connection at the end of the shutdown grace");
+                            return;
+                        }
+                    }
                 }
             }
         }

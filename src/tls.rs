@@ -1,5 +1,6 @@
 //! `[tls]`: the certificate chain and key, loaded into a rustls server
-//! configuration once, at start-up.
+//! configuration at start-up, and again on each configuration reload
+//! (SIGHUP), so a renewed certificate needs no restart.
 //!
 //! rustls with the `ring` provider (the one the upstream client already
 //! uses, so no second crypto library is built). The provider is passed
@@ -13,12 +14,17 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-/// The loaded certificate and key, ready to accept connections.
+/// The loaded certificate and key, ready to accept connections. Clones
+/// share one slot, so [`ServerTls::replace`] (a configuration reload with
+/// a renewed certificate) reaches the listener: connections accepted from
+/// then on get the new pair, established ones keep theirs.
 #[derive(Clone)]
-pub struct ServerTls(Arc<rustls::ServerConfig>);
+pub struct ServerTls(Arc<ArcSwap<rustls::ServerConfig>>);
 
 impl fmt::Debug for ServerTls {
     /// The configuration holds the private key: never print it.
@@ -70,11 +76,17 @@ impl ServerTls {
             .with_single_cert(chain, private)
             .map_err(|e| Error::Key(format!("{}: {e} (does it belong to tls.cert?)", key.display())))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(ServerTls(Arc::new(config)))
+        Ok(ServerTls(Arc::new(ArcSwap::from_pointee(config))))
     }
 
+    /// The acceptor for one new connection, with the current pair.
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.0.clone())
+        tokio_rustls::TlsAcceptor::from(self.0.load_full())
+    }
+
+    /// Serves `other`'s pair from now on, wherever this one is shared.
+    pub fn replace(&self, other: &ServerTls) {
+        self.0.store(other.0.load_full());
     }
 }
 
@@ -96,7 +108,7 @@ mod tests {
         let (cert, key) = pair(dir.path(), "a");
         let (_, other_key) = pair(dir.path(), "b");
         let tls = ServerTls::load(&cert, &key).unwrap();
-        assert_eq!(tls.0.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert_eq!(tls.0.load().alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
         assert_eq!(format!("{tls:?}"), "ServerTls(..)");
 
         let e = ServerTls::load(&cert, &other_key).unwrap_err();

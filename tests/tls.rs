@@ -223,3 +223,29 @@ async fn header_and_idle_timeouts_apply_inside_tls() {
     let after = closed_at(&mut s).await.duration_since(answered);
     assert!(after >= Duration::from_millis(3500) && after < Duration::from_secs(7), "idle: {after:?}");
 }
+
+#[tokio::test]
+async fn a_reload_serves_a_renewed_certificate_to_new_connections() {
+    let (old, renewed) = (pki(), pki());
+    let options = Options { tls: Some((old.cert.clone(), old.key.clone())), ..Default::default() };
+    let env = Env::with(options.clone()).await;
+    let ping = |pki: &Pki| {
+        let c = client(pki).build().unwrap();
+        let url = format!("{}/v2/", env.url);
+        async move { c.get(url).send().await.map(|r| r.status().as_u16()) }
+    };
+    assert_eq!(ping(&old).await.unwrap(), 200);
+    let established = client(&old).pool_max_idle_per_host(1).build().unwrap();
+    assert_eq!(established.get(format!("{}/v2/", env.url)).send().await.unwrap().status(), 200);
+
+    // The operator renews the pair in place and sends SIGHUP.
+    std::fs::copy(&renewed.cert, &old.cert).unwrap();
+    std::fs::copy(&renewed.key, &old.key).unwrap();
+    let cfg = klts_mirror::Config::from_toml(&common::config_text(&env.upstream.url(), &env.data, &options)).unwrap();
+    env.mirror.reload(cfg).unwrap();
+
+    assert_eq!(ping(&renewed).await.unwrap(), 200, "new connections get the renewed certificate");
+    assert!(ping(&old).await.is_err(), "and no longer the old one");
+    let r = established.get(format!("{}/v2/", env.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "an established connection keeps its session");
+}

@@ -46,6 +46,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use axum::http::request::Parts;
 use axum::http::uri::Authority;
 use axum::http::{header, HeaderMap, Method};
@@ -262,22 +263,21 @@ impl From<tokio::task::JoinError> for Interrupted {
     }
 }
 
-pub struct Authenticator {
+/// What a configuration reload (SIGHUP) may change: the users and whether
+/// pulls are anonymous. Remembered verifications belong to the user list
+/// they were checked against, so a new list starts with none: a changed
+/// password stops working at once, not after [`VERIFIED_FOR`].
+struct Rules {
     /// `None` without `[auth]`: nobody may write, and no tokens are issued.
     users: Option<Arc<Users>>,
     anonymous_pull: bool,
-    tokens: TokenKey,
     /// Recent successes: key → (user, when verified).
     verified: Arc<quick_cache::sync::Cache<[u8; 32], (User, Instant)>>,
     flights: Arc<flight::Group<[u8; 32], Option<User>, Interrupted>>,
-    permits: Arc<Semaphore>,
-    verifications: Arc<AtomicU64>,
 }
 
-impl Authenticator {
-    /// Fails only when the operating system has no randomness for the
-    /// token key.
-    pub fn from_config(cfg: Option<&AuthConfig>) -> Result<Authenticator, getrandom::Error> {
+impl Rules {
+    fn new(cfg: Option<&AuthConfig>) -> Rules {
         let users = cfg.map(|c| {
             let mut costs = BTreeMap::<u32, usize>::new();
             for e in &c.users {
@@ -289,21 +289,48 @@ impl Authenticator {
                 dummy: Arc::from(format!("$2b${cost:02}${DUMMY_SALT_AND_HASH}")),
             })
         });
-        Ok(Authenticator {
+        Rules {
             users,
             anonymous_pull: cfg.is_none_or(|c| c.anonymous_pull),
-            tokens: TokenKey::random()?,
             verified: Arc::new(quick_cache::sync::Cache::new(VERIFIED_CAPACITY)),
             flights: Arc::default(),
+        }
+    }
+}
+
+pub struct Authenticator {
+    /// Swapped whole by [`Authenticator::reconfigure`]; each request
+    /// decides with the one it loaded.
+    rules: ArcSwap<Rules>,
+    /// Kept across reloads: tokens already issued stay valid for users
+    /// that still exist.
+    tokens: TokenKey,
+    permits: Arc<Semaphore>,
+    verifications: Arc<AtomicU64>,
+}
+
+impl Authenticator {
+    /// Fails only when the operating system has no randomness for the
+    /// token key.
+    pub fn from_config(cfg: Option<&AuthConfig>) -> Result<Authenticator, getrandom::Error> {
+        Ok(Authenticator {
+            rules: ArcSwap::from_pointee(Rules::new(cfg)),
+            tokens: TokenKey::random()?,
             permits: Arc::new(Semaphore::new(MAX_VERIFYING)),
             verifications: Arc::default(),
         })
     }
 
+    /// Applies a reloaded `[auth]` (users, `anonymous_pull`) to the
+    /// requests that start from now on.
+    pub fn reconfigure(&self, cfg: Option<&AuthConfig>) {
+        self.rules.store(Arc::new(Rules::new(cfg)));
+    }
+
     /// Whether [`TOKEN_PATH`] is served: only with `[auth]`. Without, that
     /// path is nothing special.
     pub fn issues_tokens(&self) -> bool {
-        self.users.is_some()
+        self.rules.load().users.is_some()
     }
 
     /// The key tokens are signed with, for callers that mint their own (tests
@@ -317,7 +344,8 @@ impl Authenticator {
     /// anonymous pull that is allowed, else a 401 with the challenge.
     pub async fn authorize(&self, req: &Parts, realm: &Realm) -> Result<Option<User>, ApiError> {
         let access = Access::of(&req.method);
-        let Some(users) = &self.users else {
+        let rules = self.rules.load_full();
+        let Some(users) = &rules.users else {
             return match access {
                 Access::Pull => Ok(None),
                 _ => Err(self
@@ -328,7 +356,7 @@ impl Authenticator {
         let who = match Presented::from_headers(&req.headers) {
             Presented::Nothing => Identity::Nobody,
             Presented::Malformed => return Err(self.refusal(req, realm, access, "malformed credentials")),
-            Presented::Basic(creds) => match self.verify(users, creds).await {
+            Presented::Basic(creds) => match self.verify(&rules, users, creds).await {
                 Ok(Some(user)) => Identity::User(user),
                 Ok(None) => return Err(self.refusal(req, realm, access, "invalid username or password")),
                 Err(Interrupted(why)) => {
@@ -343,7 +371,7 @@ impl Authenticator {
         };
         match who {
             Identity::User(user) => Ok(Some(user)),
-            _ if access != Access::Pull || !self.anonymous_pull => {
+            _ if access != Access::Pull || !rules.anonymous_pull => {
                 Err(self.refusal(req, realm, access, "authentication required"))
             }
             // The ping tells clients how to authenticate: it must challenge
@@ -360,7 +388,7 @@ impl Authenticator {
     /// token endpoint; without, a Basic one (no credentials will do, but the
     /// answer has the shape clients expect).
     pub fn refusal(&self, req: &Parts, realm: &Realm, access: Access, message: &str) -> ApiError {
-        let challenge = match self.users {
+        let challenge = match self.rules.load().users {
             Some(_) => bearer_challenge(req, realm, access),
             None => CHALLENGE.to_string(),
         };
@@ -379,8 +407,8 @@ impl Authenticator {
     fn token_user(&self, users: &Users, token: &str) -> Result<Option<User>, &'static str> {
         match self.tokens.verify(token, SystemTime::now())? {
             None => Ok(None),
-            // Users are loaded once and the key dies with the process, so a
-            // signed name is always a user; checked all the same.
+            // The key dies with the process, but a reload may have removed
+            // the user the token was issued to.
             Some(name) => match users.hashes.get_key_value(name.as_str()) {
                 Some((name, _)) => Ok(Some(User(Arc::from(name.as_str())))),
                 None => Err("token for an unknown user"),
@@ -396,13 +424,14 @@ impl Authenticator {
         if req.method != Method::GET && req.method != Method::HEAD {
             return Err(ApiError::unsupported("this method on the token endpoint"));
         }
-        let Some(users) = &self.users else {
+        let rules = self.rules.load_full();
+        let Some(users) = &rules.users else {
             return Err(ApiError::new(ErrorCode::Unsupported, "tokens need [auth]"));
         };
         let refused =
             |message: &str| ApiError::new(ErrorCode::Unauthorized, message).header(header::WWW_AUTHENTICATE, CHALLENGE);
         let user = match Presented::from_headers(&req.headers) {
-            Presented::Basic(creds) => match self.verify(users, creds).await {
+            Presented::Basic(creds) => match self.verify(&rules, users, creds).await {
                 Ok(Some(user)) => Some(user),
                 Ok(None) => return Err(refused("invalid username or password")),
                 Err(Interrupted(why)) => return Err(refused("invalid username or password").cause(why)),
@@ -410,7 +439,7 @@ impl Authenticator {
             Presented::Malformed => return Err(refused("malformed credentials")),
             // A token does not buy another one: a user's would otherwise be
             // renewable forever without the password.
-            Presented::Nothing | Presented::Bearer(_) if self.anonymous_pull => None,
+            Presented::Nothing | Presented::Bearer(_) if rules.anonymous_pull => None,
             Presented::Nothing | Presented::Bearer(_) => return Err(refused("authentication required")),
         };
         let now = SystemTime::now();
@@ -436,16 +465,17 @@ impl Authenticator {
         self.verifications.load(Ordering::Relaxed)
     }
 
-    async fn verify(&self, users: &Arc<Users>, creds: Credentials) -> Result<Option<User>, Interrupted> {
+    async fn verify(&self, rules: &Rules, users: &Arc<Users>, creds: Credentials) -> Result<Option<User>, Interrupted> {
         let key = creds.key();
-        if let Some((user, at)) = self.verified.get(&key) {
+        if let Some((user, at)) = rules.verified.get(&key) {
             if at.elapsed() < VERIFIED_FOR {
                 return Ok(Some(user));
             }
         }
         let (users, verified, permits, count) =
-            (users.clone(), self.verified.clone(), self.permits.clone(), self.verifications.clone());
-        self.flights
+            (users.clone(), rules.verified.clone(), self.permits.clone(), self.verifications.clone());
+        rules
+            .flights
             .run(key, move || async move {
                 let _permit = permits.acquire_owned().await.expect("never closed");
                 let known = users.hashes.get_key_value(creds.user.as_str());
@@ -679,6 +709,36 @@ mod tests {
         assert!(authorize(&a, Access::Pull, &bearer(&alice)).await.unwrap().is_some());
     }
 
+    #[tokio::test]
+    async fn a_reload_changes_users_and_anonymous_pull_at_once() {
+        let a = auth(true);
+        let alice = basic("alice", "s3cret");
+        assert!(authorize(&a, Access::Push, &alice).await.unwrap().is_some(), "remembered from now on");
+        let alice_token = a.token_key().issue(Some("alice"), SystemTime::now());
+        let bob_token = a.token_key().issue(Some("bob"), SystemTime::now());
+
+        // alice's password changes, bob arrives, pulls need a user.
+        let users = vec![entry("alice", "n3w"), entry("bob", "b0b")];
+        a.reconfigure(Some(&AuthConfig { htpasswd: None, anonymous_pull: false, users }));
+        assert_eq!(refused(authorize(&a, Access::Push, &alice).await).0, 401, "the old password is not remembered");
+        assert!(authorize(&a, Access::Push, &basic("alice", "n3w")).await.unwrap().is_some());
+        assert!(authorize(&a, Access::Push, &basic("bob", "b0b")).await.unwrap().is_some());
+        assert_eq!(refused(authorize(&a, Access::Pull, &HeaderMap::new()).await).0, 401, "no anonymous pulls");
+        let user = authorize(&a, Access::Pull, &bearer(&alice_token)).await.unwrap();
+        assert_eq!(user.unwrap().name(), "alice", "tokens survive a reload (same key)");
+        assert!(authorize(&a, Access::Pull, &bearer(&bob_token)).await.unwrap().is_some());
+
+        // bob leaves: his token stops working.
+        a.reconfigure(Some(&AuthConfig { htpasswd: None, anonymous_pull: true, users: vec![entry("alice", "n3w")] }));
+        assert_eq!(refused(authorize(&a, Access::Push, &bearer(&bob_token)).await).0, 401);
+        assert_eq!(authorize(&a, Access::Pull, &HeaderMap::new()).await.unwrap(), None, "anonymous pulls again");
+
+        // [auth] removed: nobody writes, everybody pulls, no tokens.
+        a.reconfigure(None);
+        assert!(!a.issues_tokens());
+        assert_eq!(refused(authorize(&a, Access::Push, &basic("alice", "n3w")).await).1, CHALLENGE);
+    }
+
     #[test]
     fn the_realm_is_the_host_the_client_named() {
         let r = Realm::new(true, "[::1]:5443".parse().unwrap());
@@ -751,7 +811,8 @@ mod tests {
     #[test]
     fn the_dummy_hash_is_a_valid_hash_nobody_matches() {
         let a = auth(true);
-        let dummy = &a.users.as_ref().unwrap().dummy;
+        let rules = a.rules.load();
+        let dummy = &rules.users.as_ref().unwrap().dummy;
         assert!(dummy.starts_with("$2b$04$"), "at the users' cost: {dummy}");
         assert!(!bcrypt::verify("s3cret", dummy).unwrap());
         assert!(!bcrypt::verify("", dummy).unwrap());

@@ -54,7 +54,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use futures::stream::StreamExt;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 
 use super::Error;
 use crate::oci::Digest;
@@ -119,6 +119,8 @@ pub struct Fill {
     /// the commit renames it.
     file: OnceLock<Arc<std::fs::File>>,
     state: watch::Receiver<FillState>,
+    /// The fill's task, so that shutdown can cut it (see [`Fills::abort_all`]).
+    task: OnceLock<tokio::task::AbortHandle>,
 }
 
 /// All fills in progress, by digest.
@@ -127,6 +129,8 @@ pub struct Fills {
     /// Upstream conversations allowed at once (`MAX_FILLS`).
     permits: Arc<Semaphore>,
     next_id: AtomicU64,
+    /// Woken whenever the map becomes empty (the shutdown drain waits on it).
+    idle: Notify,
 }
 
 impl Default for Fills {
@@ -137,7 +141,12 @@ impl Default for Fills {
 
 impl Fills {
     pub fn with_limit(max_fills: usize) -> Fills {
-        Fills { inflight: Mutex::default(), permits: Arc::new(Semaphore::new(max_fills)), next_id: AtomicU64::new(0) }
+        Fills {
+            inflight: Mutex::default(),
+            permits: Arc::new(Semaphore::new(max_fills)),
+            next_id: AtomicU64::new(0),
+            idle: Notify::new(),
+        }
     }
 
     pub fn get(&self, d: &Digest) -> Option<Arc<Fill>> {
@@ -152,6 +161,33 @@ impl Fills {
         self.len() == 0
     }
 
+    /// Resolves once no fill is in progress.
+    pub async fn settled(&self) {
+        loop {
+            // Registered before the check, so a fill that ends in between
+            // still wakes it.
+            let idle = self.idle.notified();
+            if self.is_empty() {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    /// Cuts every fill in progress and returns how many there were. A cut
+    /// fill's task is dropped where it stands: its [`BlobWriter`] removes
+    /// the spool file and nothing reaches the store, its readers fail, and
+    /// it leaves the map (so [`Fills::settled`] resolves once all are gone).
+    pub fn abort_all(&self) -> usize {
+        let map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        for fill in map.values() {
+            if let Some(task) = fill.task.get() {
+                task.abort();
+            }
+        }
+        map.len()
+    }
+
     /// Joins the fill for `d`, or starts one with `fetch` as its source.
     pub fn join_or_start<F, Fut>(self: &Arc<Self>, d: &Digest, store: &Arc<Store>, fetch: F) -> Arc<Fill>
     where
@@ -164,10 +200,11 @@ impl Fills {
         }
         let (tx, rx) = watch::channel(FillState::default());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let fill = Arc::new(Fill { id, digest: d.clone(), file: OnceLock::new(), state: rx });
+        let fill = Arc::new(Fill { id, digest: d.clone(), file: OnceLock::new(), state: rx, task: OnceLock::new() });
         map.insert(d.clone(), fill.clone());
         let job = Job { fills: self.clone(), store: store.clone(), fill: fill.clone(), state: Arc::new(tx) };
-        tokio::spawn(job.run(fetch()));
+        let task = tokio::spawn(job.run(fetch()));
+        let _ = fill.task.set(task.abort_handle());
         fill
     }
 }
@@ -183,8 +220,7 @@ impl Job {
     async fn run(self, fetch: impl Future<Output = Result<BlobBody, upstream::Error>>) {
         let digest = self.fill.digest.clone();
         if self.serve_stored().await {
-            self.leave_map();
-            return;
+            return; // leaves the map on drop
         }
         let result = match self.fills.permits.clone().acquire_owned().await {
             Ok(_permit) => self.download(fetch).await,
@@ -206,18 +242,27 @@ impl Job {
             }
         }
         self.state.send_modify(|s| s.done = true);
-        // Removed only now: until here, the map (not the store) is where a
-        // new request finds this blob.
-        self.leave_map();
+        // The job leaves the map only when it is dropped, here: until
+        // then, the map (not the store) is where a new request finds this
+        // blob.
     }
+}
 
-    fn leave_map(&self) {
+impl Drop for Job {
+    /// Leaves the map when the job ends, and also when it is cut
+    /// ([`Fills::abort_all`]) or its runtime shuts down.
+    fn drop(&mut self) {
         let mut map = self.fills.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if map.get(&self.fill.digest).is_some_and(|f| f.id == self.fill.id) {
             map.remove(&self.fill.digest);
         }
+        if map.is_empty() {
+            self.fills.idle.notify_waiters();
+        }
     }
+}
 
+impl Job {
     /// Closes the last gap of single-flight: a request that found neither a
     /// fill nor the blob can start its fill just after another fill
     /// committed the blob and left the map. Such a fill serves the stored
@@ -496,6 +541,61 @@ mod tests {
         }
         assert!(fills.is_empty());
         assert!(store.open_blob(&d).await.unwrap().is_some());
+    }
+
+    /// Regular files under `dir`, at any depth.
+    fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else if p.extension().is_none_or(|x| x != "lock") {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn settled_waits_for_fills_and_a_cut_fill_leaves_nothing() {
+        let (store, dir) = store();
+        let fills = Arc::new(Fills::default());
+        tokio::time::timeout(Duration::from_secs(1), fills.settled()).await.expect("no fill: settled at once");
+
+        // One fill that completes, one that upstream never finishes.
+        let done = b"finished in time".to_vec();
+        let (d1, (tx1, body1)) = (Digest::of(&done), body(Some(done.len() as u64)));
+        let (d2, (tx2, body2)) = (Digest::of(b"never finished"), body(Some(14)));
+        let f1 = fills.join_or_start(&d1, &store, || async move { Ok(body1) });
+        let f2 = fills.join_or_start(&d2, &store, || async move { Ok(body2) });
+        tx2.send(Ok(Bytes::from_static(b"never"))).await.unwrap();
+        f2.wait_started().await.unwrap();
+        let mut reader = f2.stream(0, None);
+        // All but the last byte, which waits for the digest to match.
+        assert_eq!(&reader.next().await.unwrap().unwrap()[..], b"neve", "bytes in the spool file");
+        assert_eq!(files_under(dir.path()).len(), 2, "a spool file each");
+        let settled = {
+            let fills = fills.clone();
+            tokio::spawn(async move { fills.settled().await })
+        };
+        tx1.send(Ok(Bytes::from(done))).await.unwrap();
+        drop(tx1);
+        f1.wait_done().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!settled.is_finished(), "one fill still runs");
+
+        assert_eq!(fills.abort_all(), 1);
+        tokio::time::timeout(Duration::from_secs(5), settled)
+            .await
+            .expect("settled once the cut fill is gone")
+            .unwrap();
+        assert!(fills.is_empty());
+        assert!(reader.next().await.is_some_and(|r| r.is_err()), "its reader fails, never ends short and clean");
+        assert!(store.open_blob(&d2).await.unwrap().is_none(), "nothing stored");
+        assert_eq!(files_under(dir.path()), Vec::<std::path::PathBuf>::new(), "no spool file left");
+        assert!(store.open_blob(&d1).await.unwrap().is_some(), "the finished fill was stored");
+        drop(tx2);
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -21,6 +21,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use self::fill::{Fill, Fills};
 use self::origin::Origin;
 use self::routing::{RoutingError, RoutingTable};
@@ -145,13 +147,57 @@ impl BlobReply {
 
 type TagKey = (RepoKey, Tag);
 
-/// The pull-through layer over the local [`Registry`].
-pub struct Proxy {
-    registry: Arc<Registry>,
+/// What a configuration reload (SIGHUP) may change: the upstreams, how
+/// requests reach them, and the cache policy. Each request works with the
+/// snapshot it took when it started, so a reload never changes the course
+/// of a pull in progress; everything that must outlive a reload (the
+/// single-flight maps, fills in progress, caches) stays in [`Proxy`].
+struct Policy {
     routing: RoutingTable,
     upstreams: std::collections::HashMap<String, Arc<Upstream>>,
     offline: bool,
     tag_ttl: Duration,
+}
+
+impl Policy {
+    /// `current`: the policy being replaced, whose upstream clients are
+    /// kept (with their tokens and connection pools) where an upstream's
+    /// configuration did not change.
+    fn new(cfg: &Config, current: Option<&Policy>) -> Result<Policy> {
+        let mut upstreams = std::collections::HashMap::new();
+        for (name, up) in &cfg.upstreams {
+            let kept = current.and_then(|p| p.upstreams.get(name)).filter(|u| u.config() == up);
+            let client = match kept {
+                Some(u) => u.clone(),
+                None => Arc::new(Upstream::new(name, up)?),
+            };
+            upstreams.insert(name.clone(), client);
+        }
+        Ok(Policy {
+            routing: RoutingTable::new(cfg),
+            upstreams,
+            offline: cfg.cache.offline,
+            tag_ttl: cfg.cache.tag_ttl,
+        })
+    }
+
+    /// Where to ask upstream for `key` (and `reference`, which decides
+    /// the CoreDNS rule; see `origin`).
+    fn origin(&self, key: &RepoKey, reference: Option<&Reference>) -> Result<Origin> {
+        let up = self
+            .upstreams
+            .get(key.upstream())
+            .cloned()
+            .ok_or_else(|| Error::Routing(RoutingError::UnknownUpstream(key.upstream().to_string())))?;
+        Ok(Origin::new(up, key.repo(), self.routing.is_kubernetes(key.upstream()), reference))
+    }
+}
+
+/// The pull-through layer over the local [`Registry`].
+pub struct Proxy {
+    registry: Arc<Registry>,
+    /// Swapped whole by [`Proxy::reconfigure`]; read once per request.
+    policy: ArcSwap<Policy>,
     tag_flights: Arc<Group<TagKey, (Arc<StoredManifest>, CacheStatus), Error>>,
     manifest_flights: Arc<Group<Digest, Arc<StoredManifest>, Error>>,
     fills: Arc<Fills>,
@@ -161,21 +207,29 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(cfg: &Config, registry: Arc<Registry>) -> Result<Proxy> {
-        let mut upstreams = std::collections::HashMap::new();
-        for (name, up) in &cfg.upstreams {
-            upstreams.insert(name.clone(), Arc::new(Upstream::new(name, up)?));
-        }
         Ok(Proxy {
             registry,
-            routing: RoutingTable::new(cfg),
-            upstreams,
-            offline: cfg.cache.offline,
-            tag_ttl: cfg.cache.tag_ttl,
+            policy: ArcSwap::from_pointee(Policy::new(cfg, None)?),
             tag_flights: Arc::default(),
             manifest_flights: Arc::default(),
             fills: Arc::default(),
-            tag_lists: TagLists::new(cfg.cache.tag_ttl),
+            tag_lists: TagLists::new(),
         })
+    }
+
+    /// Applies a reloaded configuration's upstreams, routing and cache
+    /// policy to the requests that start from now on. Requests in
+    /// progress, fills and single-flight jobs finish with what they
+    /// started with; the caches stay. On error nothing changes.
+    pub fn reconfigure(&self, cfg: &Config) -> Result<()> {
+        let next = Policy::new(cfg, Some(&self.policy.load()))?;
+        self.policy.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// The policy for one request.
+    fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -191,43 +245,54 @@ impl Proxy {
         self.fills.len()
     }
 
-    pub fn route(&self, name: &RepoName, ns: Option<&str>) -> Result<RepoKey> {
-        Ok(self.routing.route(name, ns)?)
+    /// Resolves once no fill is in progress (the shutdown drain).
+    pub async fn fills_settled(&self) {
+        self.fills.settled().await
     }
 
-    /// Where to ask upstream for `key` (and `reference`, which decides
-    /// the CoreDNS rule; see `origin`).
-    fn origin(&self, key: &RepoKey, reference: Option<&Reference>) -> Result<Origin> {
-        let up = self
-            .upstreams
-            .get(key.upstream())
-            .cloned()
-            .ok_or_else(|| Error::Routing(RoutingError::UnknownUpstream(key.upstream().to_string())))?;
-        Ok(Origin::new(up, key.repo(), self.routing.is_kubernetes(key.upstream()), reference))
+    /// Stops every fill in progress; each throws its spool file away and
+    /// stores nothing (the end of the shutdown grace).
+    pub fn cut_fills(&self) -> usize {
+        self.fills.abort_all()
+    }
+
+    pub fn route(&self, name: &RepoName, ns: Option<&str>) -> Result<RepoKey> {
+        Ok(self.policy.load().routing.route(name, ns)?)
     }
 
     // ---- manifests ---------------------------------------------------
 
     pub async fn manifest(&self, key: &RepoKey, reference: &Reference) -> Result<(Arc<StoredManifest>, CacheStatus)> {
+        let policy = self.policy();
         match reference {
-            Reference::Digest(d) => self.manifest_by_digest(key, d).await,
-            Reference::Tag(t) => self.manifest_by_tag(key, t).await,
+            Reference::Digest(d) => self.manifest_by_digest(&policy, key, d).await,
+            Reference::Tag(t) => self.manifest_by_tag(&policy, key, t).await,
         }
     }
 
-    async fn manifest_by_digest(&self, key: &RepoKey, d: &Digest) -> Result<(Arc<StoredManifest>, CacheStatus)> {
+    async fn manifest_by_digest(
+        &self,
+        policy: &Policy,
+        key: &RepoKey,
+        d: &Digest,
+    ) -> Result<(Arc<StoredManifest>, CacheStatus)> {
         if let Some(m) = self.registry.manifest(d).await? {
             return Ok((m, CacheStatus::Hit));
         }
-        if self.offline {
+        if policy.offline {
             return Err(Error::NotInBundles(format!("{key}@{d}")));
         }
-        let m = self.fetch_manifest_by_digest(key, d).await?;
+        let m = self.fetch_manifest_by_digest(policy, key, d).await?;
         Ok((m, CacheStatus::Miss))
     }
 
-    async fn fetch_manifest_by_digest(&self, key: &RepoKey, d: &Digest) -> Result<Arc<StoredManifest>> {
-        let origin = self.origin(key, None)?;
+    async fn fetch_manifest_by_digest(
+        &self,
+        policy: &Policy,
+        key: &RepoKey,
+        d: &Digest,
+    ) -> Result<Arc<StoredManifest>> {
+        let origin = policy.origin(key, None)?;
         let (registry, d2) = (self.registry.clone(), d.clone());
         self.manifest_flights
             .run(d.clone(), || async move {
@@ -242,8 +307,13 @@ impl Proxy {
             .await
     }
 
-    async fn manifest_by_tag(&self, key: &RepoKey, tag: &Tag) -> Result<(Arc<StoredManifest>, CacheStatus)> {
-        if let Some((class, digest)) = self.local_tag(key, tag).await? {
+    async fn manifest_by_tag(
+        &self,
+        policy: &Policy,
+        key: &RepoKey,
+        tag: &Tag,
+    ) -> Result<(Arc<StoredManifest>, CacheStatus)> {
+        if let Some((class, digest)) = self.local_tag(policy, key, tag).await? {
             let m = self.registry.manifest(&digest).await?.ok_or_else(|| {
                 tracing::error!(repo = %key, %tag, %digest, class = class.as_str(), "tag points to a missing manifest");
                 Error::ManifestUnknown
@@ -253,18 +323,18 @@ impl Proxy {
         let cached = self.registry.cached_tag(key, tag).await?;
         if let Some(link) = &cached {
             let age = now_secs().saturating_sub(link.checked);
-            if self.offline || Duration::from_secs(age) < self.tag_ttl {
+            if policy.offline || Duration::from_secs(age) < policy.tag_ttl {
                 if let Some(m) = self.registry.manifest(&link.digest).await? {
                     return Ok((m, CacheStatus::Hit));
                 }
             }
         }
-        if self.offline {
+        if policy.offline {
             return Err(Error::NotInBundles(format!("{key}:{tag}")));
         }
         // Revalidate (or fetch) once, however many clients ask at once.
         let flight_key = (key.clone(), tag.clone());
-        let this = self.tag_resolver(key, tag, cached);
+        let this = self.tag_resolver(policy, key, tag, cached);
         self.tag_flights.run(flight_key, || this).await
     }
 
@@ -272,13 +342,13 @@ impl Proxy {
     /// `origin`), that of `coredns/coredns`: a sealed site imported
     /// kubeadm's `registry.k8s.io/coredns/coredns:v1.8.6`, and kubeadm with
     /// `imageRepository` pointed at the mirror asks for `coredns:v1.8.6`.
-    async fn local_tag(&self, key: &RepoKey, tag: &Tag) -> Result<Option<(Class, Digest)>> {
+    async fn local_tag(&self, policy: &Policy, key: &RepoKey, tag: &Tag) -> Result<Option<(Class, Digest)>> {
         if let Some(found) = self.registry.local_tag(key, tag).await? {
             return Ok(Some(found));
         }
         let coredns = key.repo().as_str() == "coredns"
             && tag.as_str().starts_with('v')
-            && self.routing.is_kubernetes(key.upstream());
+            && policy.routing.is_kubernetes(key.upstream());
         if !coredns {
             return Ok(None);
         }
@@ -289,12 +359,13 @@ impl Proxy {
     /// Builds the single-flight work that revalidates or fetches a tag.
     fn tag_resolver(
         &self,
+        policy: &Policy,
         key: &RepoKey,
         tag: &Tag,
         cached: Option<TagLink>,
     ) -> impl Future<Output = Result<(Arc<StoredManifest>, CacheStatus)>> + Send + 'static {
         let ctx = TagWork {
-            origin: self.origin(key, Some(&Reference::Tag(tag.clone()))),
+            origin: policy.origin(key, Some(&Reference::Tag(tag.clone()))),
             registry: self.registry.clone(),
             key: key.clone(),
             tag: tag.clone(),
@@ -313,6 +384,7 @@ impl Proxy {
     /// Finds a blob: a fill in progress, the store, or (GET) a new fill.
     /// `head`: answer without ever downloading the body.
     pub async fn blob(&self, key: &RepoKey, d: &Digest, head: bool) -> Result<BlobReply> {
+        let policy = self.policy();
         // The map before the store: see `fill` for why the order matters.
         if let Some(fill) = self.fills.get(d) {
             return joined(fill).await;
@@ -320,10 +392,10 @@ impl Proxy {
         if let Some(h) = self.registry.open_blob(d).await? {
             return Ok(BlobReply { size: Some(h.size()), cache: CacheStatus::Hit, source: BlobSource::Stored(h) });
         }
-        if self.offline {
+        if policy.offline {
             return Err(Error::NotInBundles(format!("blob {d} of {key}")));
         }
-        let origin = self.origin(key, None)?;
+        let origin = policy.origin(key, None)?;
         if head {
             let size = origin.head_blob(d).await.map_err(not_found_as(Error::BlobUnknown))?;
             return Ok(BlobReply { size, cache: CacheStatus::Miss, source: BlobSource::Remote });
@@ -343,10 +415,11 @@ impl Proxy {
     /// and the publish that follows reports it (`MANIFEST_BLOB_UNKNOWN`).
     pub async fn fetch_blobs_for_push(&self, key: &RepoKey, content_type: Option<&str>, body: &[u8]) {
         let Ok(m) = crate::oci::manifest::Manifest::parse(content_type, body) else { return };
-        if self.offline || m.required_blobs().next().is_none() {
+        let policy = self.policy();
+        if policy.offline || m.required_blobs().next().is_none() {
             return;
         }
-        let Ok(origin) = self.origin(key, None) else { return };
+        let Ok(origin) = policy.origin(key, None) else { return };
         let fetches = m.required_blobs().map(|b| {
             let origin = origin.clone();
             async move {
@@ -386,11 +459,12 @@ impl Proxy {
     /// fails, the local ones are the answer, and a registry without the
     /// referrers API (404) simply has none.
     pub async fn referrers(&self, key: &RepoKey, subject: &Digest) -> Result<Vec<Referrer>> {
+        let policy = self.policy();
         let local = self.registry.referrers(key, subject).await?;
-        if self.offline {
+        if policy.offline {
             return Ok(local);
         }
-        match self.origin(key, None)?.referrers(subject).await {
+        match policy.origin(key, None)?.referrers(subject).await {
             Ok(remote) => Ok(referrers::merge(local, remote)),
             Err(upstream::Error::NotFound) => Ok(local),
             Err(e) => {
@@ -407,15 +481,16 @@ impl Proxy {
     /// list is fetched once per repository however many clients ask, and
     /// not asked again for `tag_ttl`.
     pub async fn tags(&self, key: &RepoKey) -> Result<Vec<String>> {
+        let policy = self.policy();
         let mut all = BTreeSet::new();
         for class in [Class::Published, Class::Pinned] {
             all.extend(self.registry.tags(class, key).await?.into_iter().map(|t| t.to_string()));
         }
-        let remote = if self.offline {
+        let remote = if policy.offline {
             Err(upstream::Error::Transport("offline mode".into()))
         } else {
-            let (origin, store, k) = (self.origin(key, None)?, self.registry.store().clone(), key.clone());
-            self.tag_lists.get(key, move || Self::fetch_tags(origin, store, k)).await
+            let (origin, store, k) = (policy.origin(key, None)?, self.registry.store().clone(), key.clone());
+            self.tag_lists.get(key, policy.tag_ttl, move || Self::fetch_tags(origin, store, k)).await
         };
         match remote {
             Ok(list) => all.extend(list.iter().cloned()),
@@ -426,7 +501,7 @@ impl Proxy {
                 None => {
                     all.extend(self.registry.tags(Class::Cached, key).await?.into_iter().map(|t| t.to_string()));
                     if all.is_empty() {
-                        return Err(if self.offline { Error::NameUnknown } else { Error::Upstream(e) });
+                        return Err(if policy.offline { Error::NameUnknown } else { Error::Upstream(e) });
                     }
                 }
             },

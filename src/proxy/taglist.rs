@@ -39,14 +39,19 @@ type ListCache =
     Cache<RepoKey, (TagList, Instant), ListWeighter, DefaultHashBuilder, DefaultLifecycle<RepoKey, (TagList, Instant)>>;
 
 pub struct TagLists {
-    ttl: Duration,
     /// Lists by repository with the instant they were fetched.
     lists: Arc<ListCache>,
     flights: Arc<Group<RepoKey, TagList, upstream::Error>>,
 }
 
+impl Default for TagLists {
+    fn default() -> Self {
+        TagLists::new()
+    }
+}
+
 impl TagLists {
-    pub fn new(ttl: Duration) -> TagLists {
+    pub fn new() -> TagLists {
         let options = OptionsBuilder::new()
             .estimated_items_capacity(1024)
             .weight_capacity(MEMORY_BYTES)
@@ -58,20 +63,21 @@ impl TagLists {
             .expect("static cache options");
         let lists =
             Cache::with_options(options, ListWeighter, DefaultHashBuilder::default(), DefaultLifecycle::default());
-        TagLists { ttl, lists: Arc::new(lists), flights: Arc::default() }
+        TagLists { lists: Arc::new(lists), flights: Arc::default() }
     }
 
-    /// The list for `key`: from memory when fetched less than the TTL ago,
+    /// The list for `key`: from memory when fetched less than `ttl` ago (the
+    /// policy of the asking request: a reload may change it),
     /// else from `fetch`, run once for all concurrent callers. `fetch` runs
     /// as its own task, so a client going away does not cancel it for the
     /// others.
-    pub async fn get<F, Fut>(&self, key: &RepoKey, fetch: F) -> Result<TagList, upstream::Error>
+    pub async fn get<F, Fut>(&self, key: &RepoKey, ttl: Duration, fetch: F) -> Result<TagList, upstream::Error>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<String>, upstream::Error>> + Send + 'static,
     {
         if let Some((list, fetched)) = self.lists.get(key) {
-            if fetched.elapsed() < self.ttl {
+            if fetched.elapsed() < ttl {
                 return Ok(list);
             }
         }
@@ -92,6 +98,8 @@ impl TagLists {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TTL: Duration = Duration::from_secs(300);
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn key(repo: &str) -> RepoKey {
@@ -115,49 +123,50 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn concurrent_requests_share_one_fetch_and_the_ttl_holds_it() {
-        let lists = Arc::new(TagLists::new(Duration::from_secs(300)));
+        let lists = Arc::new(TagLists::new());
         let calls = Arc::new(AtomicUsize::new(0));
         let tags = vec!["a".to_string(), "b".to_string()];
         let mut waiters = Vec::new();
         for _ in 0..3 {
             let (lists, f) = (lists.clone(), counted(&calls, Ok(tags.clone())));
-            waiters.push(tokio::spawn(async move { lists.get(&key("pause"), f).await }));
+            waiters.push(tokio::spawn(async move { lists.get(&key("pause"), TTL, f).await }));
         }
         for w in waiters {
             assert_eq!(*w.await.unwrap().unwrap(), tags);
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         tokio::time::sleep(Duration::from_secs(290)).await;
-        assert_eq!(*lists.get(&key("pause"), counted(&calls, Ok(vec![]))).await.unwrap(), tags);
+        assert_eq!(*lists.get(&key("pause"), TTL, counted(&calls, Ok(vec![]))).await.unwrap(), tags);
         assert_eq!(calls.load(Ordering::SeqCst), 1, "within the TTL: no fetch");
-        assert!(lists.get(&key("etcd"), counted(&calls, Ok(vec![]))).await.unwrap().is_empty(), "per repository");
+        assert!(lists.get(&key("etcd"), TTL, counted(&calls, Ok(vec![]))).await.unwrap().is_empty(), "per repository");
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         tokio::time::sleep(Duration::from_secs(11)).await;
-        assert!(lists.get(&key("pause"), counted(&calls, Ok(vec![]))).await.unwrap().is_empty(), "refetched");
+        assert!(lists.get(&key("pause"), TTL, counted(&calls, Ok(vec![]))).await.unwrap().is_empty(), "refetched");
         assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test(start_paused = true)]
     async fn failures_are_shared_but_not_kept() {
-        let lists = Arc::new(TagLists::new(Duration::from_secs(300)));
+        let lists = Arc::new(TagLists::new());
         let calls = Arc::new(AtomicUsize::new(0));
         let pause = key("pause");
         let (a, b) = tokio::join!(
-            lists.get(&pause, counted(&calls, Err(upstream::Error::Status(503)))),
-            lists.get(&pause, counted(&calls, Err(upstream::Error::Status(503)))),
+            lists.get(&pause, TTL, counted(&calls, Err(upstream::Error::Status(503)))),
+            lists.get(&pause, TTL, counted(&calls, Err(upstream::Error::Status(503)))),
         );
         assert_eq!((a, b), (Err(upstream::Error::Status(503)), Err(upstream::Error::Status(503))));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-        assert!(lists.get(&key("pause"), counted(&calls, Ok(vec!["x".into()]))).await.is_ok());
+        assert!(lists.get(&key("pause"), TTL, counted(&calls, Ok(vec!["x".into()]))).await.is_ok());
         assert_eq!(calls.load(Ordering::SeqCst), 2, "a failure is asked again at once");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_zero_ttl_keeps_nothing() {
-        let lists = TagLists::new(Duration::ZERO);
+        let lists = TagLists::new();
+        let ttl = Duration::ZERO;
         let calls = Arc::new(AtomicUsize::new(0));
-        lists.get(&key("pause"), counted(&calls, Ok(vec![]))).await.unwrap();
-        lists.get(&key("pause"), counted(&calls, Ok(vec![]))).await.unwrap();
+        lists.get(&key("pause"), ttl, counted(&calls, Ok(vec![]))).await.unwrap();
+        lists.get(&key("pause"), ttl, counted(&calls, Ok(vec![]))).await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 

@@ -426,6 +426,8 @@ impl Drop for BlobWriter {
 #[derive(Debug)]
 pub struct SpoolDir {
     dir: PathBuf,
+    /// Where `_lock` lives, removed with `dir` when the store is dropped.
+    lock_path: PathBuf,
     /// Holds the flock for as long as the store lives.
     _lock: File,
     seq: AtomicU64,
@@ -456,6 +458,7 @@ impl SpoolDir {
             std::fs::create_dir(&dir)?;
             return Ok(SpoolDir {
                 dir,
+                lock_path,
                 _lock: lock,
                 seq: AtomicU64::new(0),
                 #[cfg(test)]
@@ -477,6 +480,19 @@ impl SpoolDir {
             return Ok((path, OpenOptions::new().read(true).write(true).open("/dev/full")?));
         }
         Ok((path, file))
+    }
+}
+
+impl Drop for SpoolDir {
+    /// A process that ends cleanly (the shutdown drain) leaves no spool
+    /// behind: its writers have removed their files by now, and the
+    /// directory and lock go too, still under the lock. After a crash the
+    /// next start-up removes them instead.
+    fn drop(&mut self) {
+        // The directory before the lock, as `remove_dead_owners` does.
+        if std::fs::remove_dir_all(&self.dir).or_else(not_found_ok).is_ok() {
+            let _ = std::fs::remove_file(&self.lock_path);
+        }
     }
 }
 

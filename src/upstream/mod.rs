@@ -130,6 +130,9 @@ pub struct Upstream {
     password: Option<Secret>,
     tokens: TokenCache,
     request_timeout: Duration,
+    /// What this client was made from: a configuration reload keeps the
+    /// client (its tokens, its connections) when this did not change.
+    config: UpstreamConfig,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -164,7 +167,13 @@ impl Upstream {
             password: cfg.password.clone(),
             tokens: TokenCache::default(),
             request_timeout: cfg.request_timeout,
+            config: cfg.clone(),
         })
+    }
+
+    /// The configuration this client was made from.
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
     }
 
     /// Runs one upstream operation under the overall `request_timeout`.
